@@ -1,0 +1,292 @@
+"""Monte Carlo renormalization group (Swendsen 1979): exponents from correlations across RG levels.
+
+With S^(n)_a the interactions measured on RG level n (level 0 = the simulated lattice),
+
+    A_ab = <S^(n+1)_a S^(n+1)_b> - <S^(n+1)_a><S^(n+1)_b>
+    B_ab = <S^(n+1)_a S^(n)_b>   - <S^(n+1)_a><S^(n)_b>
+    T    = A^-1 B  (= dK^(n+1) / dK^(n)),     y = ln(lambda_max(T)) / ln(b).
+
+The even set of interactions gives the thermal exponent y_t, the odd set the magnetic exponent y_h.
+Interactions are extensive sums on every level (same normalisation on both sides of T).
+
+Statistics are streamed: for each jackknife block the accumulator keeps, in float64, the count, the
+sum of the vector v of all interactions on all levels, and the sum of v v^T. Memory does not grow
+with the number of samples. Blocks must hold statistically independent data: rbmrg assigns whole
+independent Markov chains to a block, never consecutive samples of one chain.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rbmrg.couplings import EVEN, ODD, Interaction, measure
+from rbmrg.transforms import Transform, iterate
+
+DEFAULT_SETS: dict[str, tuple[Interaction, ...]] = {"even": EVEN, "odd": ODD}
+
+
+class MCRGAccumulator:
+    """Streaming sums for MCRG over ``n_levels`` RG levels, per jackknife block.
+
+    Args:
+        n_levels: number of lattice levels, N_r + 1.
+        n_blocks: jackknife blocks (>= 2; use >= 20 for a trustworthy error bar).
+        sets: named interaction sets, e.g. ``{"even": EVEN, "odd": ODD}``.
+    """
+
+    def __init__(
+        self,
+        n_levels: int,
+        n_blocks: int,
+        sets: dict[str, tuple[Interaction, ...]] | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        if n_levels < 2:
+            raise ValueError(f"n_levels={n_levels}: MCRG needs at least two levels (N_r >= 1)")
+        if n_blocks < 2:
+            raise ValueError(f"n_blocks={n_blocks}: the jackknife needs at least 2 blocks")
+        self.sets = dict(DEFAULT_SETS if sets is None else sets)
+        self.interactions: tuple[Interaction, ...] = tuple(i for s in self.sets.values() for i in s)
+        self.n_levels = n_levels
+        self.n_blocks = n_blocks
+        self.width = len(self.interactions)
+        size = n_levels * self.width
+        self.device = torch.device(device)
+        self.count = torch.zeros(n_blocks, dtype=torch.float64, device=self.device)
+        self.sum = torch.zeros(n_blocks, size, dtype=torch.float64, device=self.device)
+        self.outer = torch.zeros(n_blocks, size, size, dtype=torch.float64, device=self.device)
+        self.lattice_sizes: list[int] | None = None
+        self.dim: int | None = None
+        self.valid: torch.Tensor | None = None  # (size,) bool: interaction fits its level
+        # Covariances are shift invariant; subtracting a typical value keeps sum(v v^T) from
+        # cancelling catastrophically when <S>^2 >> Var(S).
+        self.shift: torch.Tensor | None = None
+
+    def update(self, levels: list[torch.Tensor], blocks: torch.Tensor | int) -> None:
+        """Add one batch. ``levels[n]`` is (batch, L_n, ..., L_n); ``blocks`` the block of each row."""
+        if len(levels) != self.n_levels:
+            raise ValueError(f"got {len(levels)} levels, the accumulator has {self.n_levels}")
+        values = torch.cat([measure(level, self.interactions) for level in levels], 1)
+        values = values.to(self.device)
+        batch = values.shape[0]
+        if isinstance(blocks, int):
+            blocks = torch.full((batch,), blocks, dtype=torch.long, device=self.device)
+        blocks = blocks.to(self.device, torch.long)
+        if self.valid is None:
+            self.lattice_sizes = [int(level.shape[-1]) for level in levels]
+            self.dim = levels[0].ndim - 1
+            self.valid = ~torch.isnan(values[0])
+            self.shift = torch.nan_to_num(values.mean(0)).round()
+        values = torch.nan_to_num(values - self.shift)
+        self.count.index_add_(0, blocks, torch.ones(batch, dtype=torch.float64, device=self.device))
+        self.sum.index_add_(0, blocks, values)
+        self.outer.index_add_(0, blocks, values[:, :, None] * values[:, None, :])
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.count.sum().item())
+
+    def _index(self, level: int, set_name: str, n_couplings: int) -> list[int]:
+        start = 0
+        for name, interactions in self.sets.items():
+            if name == set_name:
+                return [level * self.width + start + i for i in range(n_couplings)]
+            start += len(interactions)
+        raise KeyError(set_name)
+
+    def _moments(self, leave_out: int | None) -> tuple[np.ndarray, np.ndarray]:
+        count, total, outer = self.count.sum(), self.sum.sum(0), self.outer.sum(0)
+        if leave_out is not None:
+            count = count - self.count[leave_out]
+            total = total - self.sum[leave_out]
+            outer = outer - self.outer[leave_out]
+        mean = total / count
+        cov = outer / count - mean[:, None] * mean[None, :]
+        return mean.cpu().numpy(), cov.cpu().numpy()
+
+    def _estimates(self, set_name: str, scale: float, leave_out: int | None) -> np.ndarray:
+        """y for every (N_r, N_c) with one block left out (or none): shape (n_levels - 1, n_set)."""
+        _, cov = self._moments(leave_out)
+        n_set = len(self.sets[set_name])
+        y = np.full((self.n_levels - 1, n_set), np.nan)
+        for level in range(self.n_levels - 1):
+            for n_c in range(1, n_set + 1):
+                upper = self._index(level + 1, set_name, n_c)
+                lower = self._index(level, set_name, n_c)
+                y[level, n_c - 1] = leading_exponent(
+                    cov[np.ix_(upper, upper)], cov[np.ix_(upper, lower)], scale
+                )
+        return y
+
+    def exponents(self, set_name: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """(y, jackknife error), each of shape (N_r, N_c), for the interaction set ``set_name``.
+
+        ``scale`` is the RG scale factor b. Entries whose interactions do not fit a level, or whose
+        A matrix is singular, are NaN (with a warning naming them).
+        """
+        if self.n_samples == 0:
+            raise RuntimeError("no samples accumulated")
+        n_set = len(self.sets[set_name])
+        mask = np.ones((self.n_levels - 1, n_set), dtype=bool)
+        valid = self.valid.cpu().numpy()
+        for level in range(self.n_levels - 1):
+            for n_c in range(1, n_set + 1):
+                index = self._index(level, set_name, n_c) + self._index(level + 1, set_name, n_c)
+                mask[level, n_c - 1] = valid[index].all()
+        bad = [(level + 1, n_c + 1) for level, n_c in zip(*np.nonzero(~mask), strict=True)]
+        if bad:
+            warnings.warn(
+                f"MCRG {set_name}: interactions do not fit the lattice at (N_r, N_c) = {bad} "
+                f"(level sizes {self.lattice_sizes}); reported as NaN",
+                stacklevel=2,
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SingularWarning)
+            jack = np.stack([self._estimates(set_name, scale, j) for j in range(self.n_blocks)])
+        full = self._estimates(set_name, scale, None)
+        n = self.n_blocks
+        err = np.sqrt((n - 1) / n * ((jack - jack.mean(0)) ** 2).sum(0))
+        full[~mask] = np.nan
+        err[~mask] = np.nan
+        singular = np.isnan(full) & mask
+        if singular.any():
+            where = [(level + 1, n_c + 1) for level, n_c in zip(*np.nonzero(singular), strict=True)]
+            warnings.warn(
+                f"MCRG {set_name}: singular A matrix or no real positive eigenvalue at "
+                f"(N_r, N_c) = {where}; reported as NaN",
+                SingularWarning,
+                stacklevel=2,
+            )
+        return full, err
+
+    def level_means(self, set_name: str, level: int = 0, per_site: bool = True) -> list[dict]:
+        """Mean of each interaction of ``set_name`` on ``level`` (divided by the number of sites)."""
+        n_set = len(self.sets[set_name])
+        index = self._index(level, set_name, n_set)
+        shift = self.shift.cpu().numpy()[index]
+        sites = self.lattice_sizes[level] ** self.dim if per_site else 1
+        full = self._moments(None)[0][index] + shift
+        jack = np.stack([self._moments(j)[0][index] + shift for j in range(self.n_blocks)])
+        n = self.n_blocks
+        err = np.sqrt((n - 1) / n * ((jack - jack.mean(0)) ** 2).sum(0))
+        valid = self.valid.cpu().numpy()[index]
+        return [
+            {
+                "name": interaction.name,
+                "mean": float(full[i] / sites) if valid[i] else float("nan"),
+                "err": float(err[i] / sites) if valid[i] else float("nan"),
+            }
+            for i, interaction in enumerate(self.sets[set_name])
+        ]
+
+
+class SingularWarning(UserWarning):
+    """An MCRG entry could not be computed (singular A or no real positive eigenvalue)."""
+
+
+def leading_exponent(a: np.ndarray, b: np.ndarray, scale: float) -> float:
+    """y = ln(lambda) / ln(scale), lambda the largest real eigenvalue of T = A^-1 B; NaN if none."""
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return float("nan")
+    try:
+        if np.linalg.cond(a) > 1e12:
+            raise np.linalg.LinAlgError
+        t = np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        return float("nan")
+    eig = np.linalg.eigvals(t)
+    real = eig[np.abs(eig.imag) <= 1e-9 * np.maximum(1.0, np.abs(eig.real))].real
+    real = real[real > 0]
+    if real.size == 0:
+        return float("nan")
+    return math.log(real.max()) / math.log(scale)
+
+
+@dataclass
+class MCRGResult:
+    """Exponents per (N_r, N_c): ``y[set][n_r - 1][n_c - 1]``, with jackknife errors."""
+
+    y: dict[str, np.ndarray]
+    err: dict[str, np.ndarray]
+    level0: list[dict] = field(default_factory=list)
+    n_samples: int = 0
+    lattice_sizes: list[int] = field(default_factory=list)
+
+
+def summarize(acc: MCRGAccumulator, scale: float) -> MCRGResult:
+    y, err = {}, {}
+    for name in acc.sets:
+        y[name], err[name] = acc.exponents(name, scale)
+    first = next(iter(acc.sets))
+    return MCRGResult(
+        y=y,
+        err=err,
+        level0=acc.level_means(first, 0),
+        n_samples=acc.n_samples,
+        lattice_sizes=list(acc.lattice_sizes or []),
+    )
+
+
+def chain_blocks(n_chains: int, n_blocks: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Block index of each of ``n_chains`` independent chains (contiguous groups of chains)."""
+    if n_chains < n_blocks:
+        raise ValueError(
+            f"n_chains={n_chains} < n_blocks={n_blocks}: every jackknife block needs its own "
+            "independent chains"
+        )
+    return torch.arange(n_chains, device=device) * n_blocks // n_chains
+
+
+def run_mcrg(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    transforms: list[Transform],
+    n_rg_steps: int,
+    scale: float,
+    *,
+    n_blocks: int = 20,
+    sets: dict[str, tuple[Interaction, ...]] | None = None,
+    generator: torch.Generator | None = None,
+) -> MCRGResult:
+    """MCRG over ``batches`` of ``(spins, block_index)``: transform, measure, accumulate, solve."""
+    acc: MCRGAccumulator | None = None
+    for spins, blocks in batches:
+        if acc is None:
+            acc = MCRGAccumulator(n_rg_steps + 1, n_blocks, sets, device=spins.device)
+        acc.update(iterate(spins, transforms, n_rg_steps, generator), blocks)
+    if acc is None:
+        raise ValueError("no configurations given to MCRG")
+    return summarize(acc, scale)
+
+
+def chain_major_batches(
+    spins: torch.Tensor, n_chains: int, n_blocks: int, batch_size: int = 4096
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of a chain-major data set (see :class:`rbmrg.ising.SampleSet`) with block indices."""
+    per_chain = spins.shape[0] // n_chains
+    block_of_chain = chain_blocks(n_chains, n_blocks, spins.device)
+    for start in range(0, spins.shape[0], batch_size):
+        rows = torch.arange(start, min(start + batch_size, spins.shape[0]), device=spins.device)
+        yield spins[rows], block_of_chain[rows // per_chain]
+
+
+def format_value(value: float, error: float) -> str:
+    """A value with its error in parenthesis notation: 1.00012, 0.00109 -> '1.0001(11)'.
+
+    The error keeps two significant digits when its leading digits are 10-39, else one.
+    """
+    if not math.isfinite(value):
+        return "nan"
+    if not math.isfinite(error) or error <= 0:
+        return f"{value:.4f}"
+    exponent = math.floor(math.log10(error))
+    leading = error / 10**exponent
+    digits = 2 if leading < 4 else 1
+    decimals = max(0, digits - 1 - exponent)
+    scaled = round(error * 10**decimals)
+    return f"{value:.{decimals}f}({scaled})"

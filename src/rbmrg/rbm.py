@@ -1,0 +1,134 @@
+"""The RG weight factor of Chung & Kao as a convolutional restricted Boltzmann machine.
+
+Visible units are the original spins sigma (shape ``(batch, L, L)``, +1/-1), hidden units are the
+block spins mu (shape ``(batch, L/b, L/b)``, +1/-1). One real filter W of size f x f is shared by every
+hidden unit (translation symmetry); hidden unit (p, q) sees the f x f window whose top-left corner is
+site (b p, b q), wrapped periodically. There are no biases, so the model keeps the Z2 symmetry of
+the Ising model.
+
+    P(mu | sigma) = exp(sum_ij W_ij sigma_i mu_j) / Y(sigma)             Eq. (3)
+    Y(sigma)      = prod_j 2 cosh(h_j),   h_j = sum_i W_ij sigma_i        Eq. (4)
+
+Training minimises D(p_Ising || Y / sum Y) (Eq. 8), which is maximum likelihood for the RBM whose
+visible marginal is proportional to Y(sigma) = exp(-F(sigma)), F the free energy below.
+
+The hidden field is a periodic convolution; the visible field g_i = sum_j W_ij mu_j is its adjoint, a
+transposed convolution whose overhang is folded back onto the lattice.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def validate_geometry(L: int, filter_size: int, stride: int) -> None:
+    """Raise a ValueError naming the setting that makes (L, filter_size, stride) unusable."""
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride={stride!r}: must be an integer >= 1")
+    if not isinstance(filter_size, int) or filter_size < 1:
+        raise ValueError(f"filter_size={filter_size!r}: must be an integer >= 1")
+    if filter_size > L:
+        raise ValueError(f"filter_size={filter_size} is larger than the lattice L={L}")
+    if L % stride:
+        raise ValueError(f"L={L} is not divisible by the stride {stride}")
+
+
+def hidden_field(spins: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """h_(p,q) = sum_(u,v) W_(u,v) sigma_(b p + u, b q + v), indices mod L. Shape (batch, L/b, L/b)."""
+    f = weight.shape[-1]
+    x = spins.to(weight.dtype).unsqueeze(1)
+    # Circular padding on the bottom/right only: window (p, q) starts at (b p, b q).
+    x = F.pad(x, (0, f - 1, 0, f - 1), mode="circular") if f > 1 else x
+    return F.conv2d(x, weight.view(1, 1, f, f), stride=stride).squeeze(1)
+
+
+def visible_field(
+    block_spins: torch.Tensor, weight: torch.Tensor, stride: int, L: int
+) -> torch.Tensor:
+    """g_i = sum_j W_ij mu_j, the adjoint of :func:`hidden_field`. Shape (batch, L, L)."""
+    f = weight.shape[-1]
+    mu = block_spins.to(weight.dtype).unsqueeze(1)
+    out = F.conv_transpose2d(mu, weight.view(1, 1, f, f), stride=stride).squeeze(1)
+    # The transposed convolution spills over the lattice edge by f - stride sites; fold it back
+    # (site L + i is site i on the periodic lattice).
+    size = out.shape[-1]
+    wraps = -(-size // L)
+    out = F.pad(out, (0, wraps * L - size, 0, wraps * L - size))
+    batch = out.shape[0]
+    return out.view(batch, wraps, L, wraps, L).sum((1, 3))
+
+
+def log_2cosh(x: torch.Tensor) -> torch.Tensor:
+    """log(2 cosh x), stable for large |x|."""
+    return torch.logaddexp(x, -x)
+
+
+class ConvRBM(torch.nn.Module):
+    """Translation-invariant +1/-1 RBM without biases: the weight factor P(mu|sigma) of Eq. (3)-(4).
+
+    Args:
+        filter_size: f, side of the square filter (default 8, the paper's Fig. 1).
+        stride: b, the RG scale factor; L maps to L / b block spins (default 2).
+        init_scale: W is drawn uniformly from [-init_scale, init_scale] ("uniformly around zero").
+    """
+
+    def __init__(self, filter_size: int = 8, stride: int = 2, init_scale: float = 0.01):
+        super().__init__()
+        if not isinstance(filter_size, int) or filter_size < 1:
+            raise ValueError(f"filter_size={filter_size!r}: must be an integer >= 1")
+        if not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"stride={stride!r}: must be an integer >= 1")
+        if not init_scale >= 0:
+            raise ValueError(f"init_scale={init_scale!r}: must be >= 0")
+        self.filter_size = filter_size
+        self.stride = stride
+        self.weight = torch.nn.Parameter(
+            torch.empty(filter_size, filter_size).uniform_(-1, 1) * init_scale
+        )
+
+    def check_lattice(self, L: int) -> None:
+        validate_geometry(L, self.filter_size, self.stride)
+
+    def hidden_field(self, spins: torch.Tensor) -> torch.Tensor:
+        return hidden_field(spins, self.weight, self.stride)
+
+    def visible_field(self, block_spins: torch.Tensor, L: int) -> torch.Tensor:
+        return visible_field(block_spins, self.weight, self.stride, L)
+
+    def free_energy(self, spins: torch.Tensor) -> torch.Tensor:
+        """F(sigma) = -log Y(sigma) = -sum_j log 2cosh(h_j), one value per configuration."""
+        return -log_2cosh(self.hidden_field(spins)).flatten(1).sum(1)
+
+    def hidden_probability(self, spins: torch.Tensor) -> torch.Tensor:
+        """P(mu_j = +1 | sigma) = sigmoid(2 h_j)."""
+        return torch.sigmoid(2.0 * self.hidden_field(spins))
+
+    def visible_probability(self, block_spins: torch.Tensor, L: int) -> torch.Tensor:
+        """P(sigma_i = +1 | mu) = sigmoid(2 g_i)."""
+        return torch.sigmoid(2.0 * self.visible_field(block_spins, L))
+
+    @staticmethod
+    def _draw(prob: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        uniform = torch.rand(prob.shape, generator=generator, device=prob.device, dtype=prob.dtype)
+        return torch.where(uniform < prob, 1.0, -1.0).to(prob.dtype)
+
+    def sample_hidden(
+        self, spins: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Draw block spins mu ~ P(mu | sigma): the learned RG transformation."""
+        return self._draw(self.hidden_probability(spins), generator)
+
+    def sample_visible(
+        self, block_spins: torch.Tensor, L: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return self._draw(self.visible_probability(block_spins, L), generator)
+
+    def gibbs(
+        self, spins: torch.Tensor, k: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """k alternating Gibbs steps sigma -> mu -> sigma, starting from ``spins``."""
+        L = spins.shape[-1]
+        for _ in range(k):
+            spins = self.sample_visible(self.sample_hidden(spins, generator), L, generator)
+        return spins
