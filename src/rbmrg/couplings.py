@@ -101,31 +101,46 @@ def interaction_names(interactions: tuple[Interaction, ...]) -> list[str]:
 
 
 def measure(
-    spins: torch.Tensor, interactions: tuple[Interaction, ...], chunk: int = 4096
+    spins: torch.Tensor, interactions: tuple[Interaction, ...], chunk: int = 1024
 ) -> torch.Tensor:
     """Values of ``interactions`` on each configuration: shape (batch, n_interactions), float64.
 
-    ``spins`` is (batch, L, ..., L) with values +1/-1, any dtype, one lattice axis per offset entry. Interactions that do not fit the
-    lattice (see :meth:`Interaction.fits`) give NaN; callers decide how to report that.
+    ``spins`` is (batch, L, ..., L) with values +1/-1, any dtype, one lattice axis per offset entry.
+    Interactions that do not fit the lattice (see :meth:`Interaction.fits`) give NaN; callers decide
+    how to report that.
+
+    Periodicity is handled by padding each chunk once with ``reach`` wrapped rows/columns on every
+    side (``reach`` = the largest |offset|); sigma_{r + o} for all r is then a strided *view* of the
+    padded tensor, so no shifted copy of the lattice is made per offset (3x faster than
+    ``torch.roll`` for the 14 interactions of EVEN + ODD at L = 32).
     """
     batch, L = spins.shape[0], spins.shape[-1]
-    axes = tuple(range(1, spins.ndim))
+    n_axes = spins.ndim - 1
     out = torch.full(
         (batch, len(interactions)), float("nan"), dtype=torch.float64, device=spins.device
     )
     fitting = [i for i, interaction in enumerate(interactions) if interaction.fits(L)]
-    offsets = sorted({o for i in fitting for term in interactions[i].terms for o in term})
+    if not fitting:
+        return out
+    reach = max(abs(x) for i in fitting for term in interactions[i].terms for o in term for x in o)
+    wrapped = torch.arange(-reach, L + reach, device=spins.device) % L
+    lattice_axes = tuple(range(1, n_axes + 1))
     for start in range(0, batch, chunk):
-        part = spins[start : start + chunk].to(torch.float32)
-        # spins at site r + o for every site r: roll by -o.
-        shifted = {o: torch.roll(part, tuple(-x for x in o), axes) for o in offsets}
+        padded = spins[start : start + chunk].to(torch.float32)
+        for axis in lattice_axes:
+            padded = padded.index_select(axis, wrapped)
+
+        def site_plus(offset: Offset, padded: torch.Tensor = padded) -> torch.Tensor:
+            # sigma_{r + offset} for every site r of the L^d lattice (a view, no copy).
+            return padded[(slice(None),) + tuple(slice(reach + x, reach + x + L) for x in offset)]
+
         for i in fitting:
-            total = torch.zeros(part.shape[0], dtype=torch.float64, device=spins.device)
+            total = torch.zeros(padded.shape[0], dtype=torch.float64, device=spins.device)
             for term in interactions[i].terms:
-                product = shifted[term[0]]
-                for o in term[1:]:
-                    product = product * shifted[o]
+                product = site_plus(term[0])
+                for offset in term[1:]:
+                    product = product * site_plus(offset)
                 # Sums of +-1 over <= 2^24 sites are exact in float32.
-                total += product.flatten(1).sum(1).to(torch.float64)
+                total += product.sum(lattice_axes).to(torch.float64)
             out[start : start + chunk, i] = total
     return out

@@ -132,6 +132,13 @@ class MCRGAccumulator:
         """
         if self.n_samples == 0:
             raise RuntimeError("no samples accumulated")
+        empty = torch.nonzero(self.count == 0).flatten().tolist()
+        if empty:
+            warnings.warn(
+                f"MCRG: jackknife blocks {empty} received no samples; the error bars use only "
+                f"{self.n_blocks - len(empty)} of {self.n_blocks} blocks and are not trustworthy",
+                stacklevel=2,
+            )
         n_set = len(self.sets[set_name])
         mask = np.ones((self.n_levels - 1, n_set), dtype=bool)
         valid = self.valid.cpu().numpy()
@@ -139,7 +146,9 @@ class MCRGAccumulator:
             for n_c in range(1, n_set + 1):
                 index = self._index(level, set_name, n_c) + self._index(level + 1, set_name, n_c)
                 mask[level, n_c - 1] = valid[index].all()
-        bad = [(level + 1, n_c + 1) for level, n_c in zip(*np.nonzero(~mask), strict=True)]
+        bad = [
+            (int(level) + 1, int(n_c) + 1) for level, n_c in zip(*np.nonzero(~mask), strict=True)
+        ]
         if bad:
             warnings.warn(
                 f"MCRG {set_name}: interactions do not fit the lattice at (N_r, N_c) = {bad} "
@@ -156,10 +165,25 @@ class MCRGAccumulator:
         err[~mask] = np.nan
         singular = np.isnan(full) & mask
         if singular.any():
-            where = [(level + 1, n_c + 1) for level, n_c in zip(*np.nonzero(singular), strict=True)]
+            where = [
+                (int(level) + 1, int(n_c) + 1)
+                for level, n_c in zip(*np.nonzero(singular), strict=True)
+            ]
             warnings.warn(
                 f"MCRG {set_name}: singular A matrix or no real positive eigenvalue at "
                 f"(N_r, N_c) = {where}; reported as NaN",
+                SingularWarning,
+                stacklevel=2,
+            )
+        no_error = np.isfinite(full) & ~np.isfinite(err)
+        if no_error.any():
+            where = [
+                (int(level) + 1, int(n_c) + 1)
+                for level, n_c in zip(*np.nonzero(no_error), strict=True)
+            ]
+            warnings.warn(
+                f"MCRG {set_name}: some jackknife samples are singular at (N_r, N_c) = {where}; "
+                "the error bar is reported as NaN",
                 SingularWarning,
                 stacklevel=2,
             )
@@ -278,11 +302,15 @@ def chain_major_batches(
 def format_value(value: float, error: float) -> str:
     """A value with its error in parenthesis notation: 1.00012, 0.00109 -> '1.0001(11)'.
 
-    The error keeps two significant digits when its leading digits are 10-39, else one.
+    The error keeps two significant digits when its leading digits are 10-39, else one. An error
+    that could not be computed (NaN, e.g. a jackknife sample with a singular A) is shown as ``(?)``
+    so that a bare number never passes for an exact one; an error of exactly 0 gives the bare value.
     """
     if not math.isfinite(value):
         return "nan"
-    if not math.isfinite(error) or error <= 0:
+    if not math.isfinite(error) or error < 0:
+        return f"{value:.4f}(?)"
+    if error == 0:
         return f"{value:.4f}"
     exponent = math.floor(math.log10(error))
     leading = error / 10**exponent

@@ -1,0 +1,241 @@
+"""evaluate.py (Table 1 by MCRG) and the filter checkpoint helpers of rbmrg.checkpoint.
+
+Runs are tiny (L = 8 or 16, a few thousand samples) and go through Hydra's compose API, so the
+config file itself is what is tested; one subprocess run checks the command line end to end.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from rbmrg.checkpoint import load_rbm, save_filter
+from rbmrg.couplings import EVEN
+from rbmrg.rbm import ConvRBM
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "evaluate.py")
+evaluate_script = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = evaluate_script  # dataclasses look their module up by name
+_spec.loader.exec_module(evaluate_script)
+
+TINY = [
+    "ising.L=16",
+    "mcrg.n_samples=2000",
+    "sampler.n_chains=40",
+    "sampler.n_thermalize=20",
+    "sampler.n_between=1",
+    "mcrg.batch_size=200",
+    "progress=false",
+]
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("evaluate", overrides=list(overrides))
+
+
+@pytest.fixture
+def no_sampling(monkeypatch):
+    """Fail loudly if a run gets as far as drawing configurations."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampling started before the settings were checked")
+
+    monkeypatch.setattr(evaluate_script, "iterate_samples", refuse)
+
+
+def test_every_config_field_has_a_comment():
+    """Each setting (not the hydra: section) has its own comment line right above it."""
+    lines = (ROOT / "conf" / "evaluate.yaml").read_text().split("\nhydra:")[0].splitlines()
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and not stripped.endswith(":"):
+            assert lines[number - 1].strip().startswith("#"), f"no comment above {line!r}"
+
+
+def test_majority_run_writes_table_json_and_csv(tmp_path):
+    record = evaluate_script.evaluate(config("transform=majority", *TINY), tmp_path)
+    data = json.loads((tmp_path / "mcrg.json").read_text())
+    for key in ("transform", "L", "n_samples", "level0", "tau_int", "wall_time_s", "sampler"):
+        assert key in data
+    assert data["transform"] == "majority" and data["L"] == 16 and data["n_samples"] == 2000
+    for key in ("y_t", "y_t_err", "y_h", "y_h_err"):
+        assert [len(row) for row in data[key]] == [7, 7], key
+    # Level sizes 16, 8, 4: on the 4x4 level the span-2 interactions are undefined -> null.
+    assert data["lattice_sizes"] == [16, 8, 4]
+    assert all(v is not None for v in data["y_t"][0])
+    assert data["y_t"][1][:3] != [None] * 3 and data["y_t"][1][3:] == [None] * 4
+    assert any("do not fit" in w for w in data["warnings"])
+    assert [entry["name"] for entry in data["level0"]] == [i.name for i in EVEN]
+    nn = data["level0"][0]
+    # Two bonds per site, <s s'> ~ 0.7 near K_c: a sanity check on the per-site normalisation.
+    assert 1.2 < nn["mean"] < 1.6 and 0 < nn["err"] < 0.05
+    assert data["sampler"]["seed"] == 12345 and data["wall_time_s"]["total"] > 0
+    assert math.isfinite(data["tau_int"]["energy"])
+    rows = (tmp_path / "mcrg.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("exponent,N_r,N_c") and len(rows) == 1 + 2 * 2 * 7
+    table = (tmp_path / "table1.md").read_text()
+    assert "| N_c | y_t N_r=1 | y_t N_r=2 | y_h N_r=1 | y_h N_r=2 |" in table
+    assert record["y_t"][0][0] == data["y_t"][0][0]
+
+
+def test_rbm_run_from_a_saved_filter(tmp_path):
+    torch.manual_seed(0)
+    path = save_filter(tmp_path / "filter.pt", ConvRBM(2, 2, init_scale=1.0))
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = config(f"ckpt_path={path}", *TINY, "ising.L=8", "mcrg.n_rg_steps=1")
+    evaluate_script.evaluate(cfg, out)
+    data = json.loads((out / "mcrg.json").read_text())
+    assert data["transform"] == "rbm" and data["filter_size"] == [2] and data["scale_factor"] == 2
+    assert [len(row) for row in data["y_t"]] == [7]
+    assert data["ckpt_path"] == [str(path)]
+
+
+def write_garbage(path: Path) -> Path:
+    path.write_bytes(b"not a torch file")
+    return path
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["transform=blocking"], "transform='blocking'"),
+        (["transform=rbm"], "ckpt_path=null"),
+        (["ckpt_path=/nonexistent/filter.pt"], "/nonexistent/filter.pt"),
+        (["transform=majority", "ckpt_path=x.pt"], "ckpt_path='x.pt'"),
+        (["transform=majority", "mcrg.n_samples=2010"], "mcrg.n_samples=2010"),
+        (["transform=majority", "mcrg.n_samples=0.5"], "mcrg.n_samples=0.5"),
+        (["transform=majority", "mcrg.n_blocks=10"], "mcrg.n_blocks=10"),
+        (["transform=majority", "mcrg.n_blocks=50"], "mcrg.n_blocks=50"),
+        (["transform=majority", "mcrg.n_rg_steps=0"], "mcrg.n_rg_steps=0"),
+        (["transform=majority", "ising.L=7"], "ising.L=7"),
+        (["transform=majority", "ising.L=12", "mcrg.n_rg_steps=3"], "ising.L=12"),
+        (["transform=majority", "sampler.algorithm=gibbs"], "sampler.algorithm='gibbs'"),
+        (["transform=majority", "sampler.n_between=0"], "sampler.n_between=0"),
+        (["transform=majority", "block_size=1"], "block_size=1"),
+    ],
+)
+def test_bad_settings_are_named_before_sampling(tmp_path, no_sampling, overrides, message):
+    with pytest.raises((ValueError, FileNotFoundError)) as error:
+        evaluate_script.evaluate(config(*TINY, *overrides), tmp_path)
+    assert message in str(error.value)
+
+
+def test_unreadable_checkpoint_and_too_large_filter(tmp_path, no_sampling):
+    garbage = write_garbage(tmp_path / "garbage.ckpt")
+    with pytest.raises(ValueError, match="garbage.ckpt"):
+        evaluate_script.evaluate(config(*TINY, f"ckpt_path={garbage}"), tmp_path)
+    big = save_filter(tmp_path / "big.pt", ConvRBM(8, 2))
+    with pytest.raises(ValueError, match=r"8x8 filter does not fit level 1 \(L=4\)"):
+        evaluate_script.evaluate(config(*TINY, "ising.L=8", f"ckpt_path={big}"), tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: the setting is valid")
+def test_cuda_without_cuda_is_named(tmp_path, no_sampling):
+    with pytest.raises(ValueError, match="sampler.device='cuda'"):
+        evaluate_script.evaluate(
+            config(*TINY, "transform=majority", "sampler.device=cuda"), tmp_path
+        )
+
+
+def test_existing_results_are_never_overwritten(tmp_path, no_sampling):
+    (tmp_path / "mcrg.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        evaluate_script.evaluate(config(*TINY, "transform=majority"), tmp_path)
+    assert (tmp_path / "mcrg.json").read_text() == "{}"
+
+
+def test_command_line_run(tmp_path):
+    """``python evaluate.py transform=majority ...`` end to end, in its own Hydra run directory."""
+    run_dir = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), "transform=majority", *TINY,
+         "ising.L=8", "mcrg.n_rg_steps=1", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert {"mcrg.json", "mcrg.csv", "table1.md"} <= {p.name for p in run_dir.iterdir()}
+    assert "| N_c |" in completed.stdout
+    assert not (tmp_path / "mcrg.json").exists()  # nothing written outside the run directory
+
+
+# ------------------------------------------------------------------------------------------------
+# rbmrg.checkpoint
+
+
+def test_save_filter_round_trip(tmp_path):
+    torch.manual_seed(1)
+    model = ConvRBM(3, 2, init_scale=0.5)
+    path = save_filter(tmp_path / "sub" / "filter.pt", model)
+    plain = torch.load(path, weights_only=True)
+    assert set(plain) >= {"weight", "stride"}
+    loaded = load_rbm(path)
+    assert loaded.filter_size == 3 and loaded.stride == 2
+    assert torch.equal(loaded.weight.detach(), model.weight.detach())
+    with pytest.raises(FileExistsError, match="filter.pt"):
+        save_filter(path, model)
+    save_filter(path, ConvRBM(3, 2), overwrite=True)
+
+
+@pytest.mark.parametrize("hparams_as", ["dict", "omegaconf", "nested"])
+def test_load_rbm_reads_a_lightning_checkpoint(tmp_path, hparams_as):
+    """The layout Lightning writes for RBMModule: state_dict['rbm.weight'] and hyper_parameters.
+
+    The filter size is taken from the weight (the stored hyper-parameter is deliberately stale).
+    """
+    weight = torch.randn(5, 5)
+    hparams = {"filter_size": 8, "stride": 2, "cd_k": 3}
+    if hparams_as == "omegaconf":
+        hparams = OmegaConf.create(hparams)  # not loadable with weights_only=True
+    elif hparams_as == "nested":
+        hparams = {"model": {"stride": 2}}
+    checkpoint = {
+        "state_dict": {"rbm.weight": weight},
+        "hyper_parameters": hparams,
+        "pytorch-lightning_version": "2.6.0",
+    }
+    torch.save(checkpoint, tmp_path / "last.ckpt")
+    model = load_rbm(tmp_path / "last.ckpt")
+    assert model.filter_size == 5 and model.stride == 2
+    assert torch.equal(model.weight.detach(), weight)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"weight": torch.ones(3, 3)}, "no 'stride'"),
+        ({"weight": torch.ones(3, 4), "stride": 2}, "square"),
+        ({"weight": torch.full((3, 3), float("nan")), "stride": 2}, "non-finite"),
+        ({"weight": torch.ones(3, 3), "stride": 0}, "stride=0"),
+        ({"bias": torch.ones(3)}, "no filter found"),
+        ({"state_dict": {"w": torch.ones(2, 2)}, "hyper_parameters": {}}, "'rbm.weight'"),
+        ({"state_dict": {"rbm.weight": torch.ones(2, 2)}, "hyper_parameters": {}}, "stride"),
+        (torch.ones(3, 3), "not a filter"),
+    ],
+)
+def test_load_rbm_errors_name_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.pt"
+    torch.save(content, path)
+    with pytest.raises(ValueError, match=message) as error:
+        load_rbm(path)
+    assert "bad.pt" in str(error.value)
+
+
+def test_load_rbm_missing_and_unreadable(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        load_rbm(tmp_path / "nothing.pt")
+    with pytest.raises(ValueError, match="garbage.pt"):
+        load_rbm(write_garbage(tmp_path / "garbage.pt"))

@@ -1,0 +1,359 @@
+"""MCRG engine (issue #4): interactions, transformations, streaming sums, jackknife, exact results.
+
+Statistics come from the fastest registered sampler (Wolff when ``rbmrg.fast`` is importable,
+otherwise the torch heat-bath with longer thinning). Every tolerance is a multiple of an error bar
+measured in the same test (plus, for Swendsen's numbers, the published one).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from rbmrg.couplings import CHAIN_NN, EVEN, ODD, Interaction, measure
+from rbmrg.ising import IsingModel, available_algorithms, iterate_samples
+from rbmrg.mcrg import (
+    MCRGAccumulator,
+    SingularWarning,
+    chain_blocks,
+    chain_major_batches,
+    format_value,
+    leading_exponent,
+    run_mcrg,
+)
+from rbmrg.transforms import decimation, iterate, majority
+
+if "wolff" in available_algorithms():
+    ALGORITHM, N_THERMALIZE, N_BETWEEN = "wolff", 100, 2  # tau_int ~ 2 sweeps at K_c, L = 32
+else:  # pragma: no cover - numba is a declared dependency
+    ALGORITHM, N_THERMALIZE, N_BETWEEN = "heatbath", 1000, 20  # tau_int(E) ~ 20 sweeps
+
+#: Swendsen's majority-rule values quoted in Table 1 of Chung & Kao: (N_r, N_c) -> (y_t, error).
+SWENDSEN = {(1, 1): (0.904, 0.001), (1, 7): (0.967, 0.003), (2, 7): (0.997, 0.003)}
+
+
+def stream(model, n_samples, n_chains, n_blocks, seed, **kwargs):
+    """(spins, block index) batches straight from the sampler, one row per chain."""
+    blocks = chain_blocks(n_chains, n_blocks)
+    for spins in iterate_samples(
+        model,
+        n_samples,
+        algorithm=kwargs.get("algorithm", ALGORITHM),
+        n_chains=n_chains,
+        n_thermalize=kwargs.get("n_thermalize", N_THERMALIZE),
+        n_between=kwargs.get("n_between", N_BETWEEN),
+        seed=seed,
+    ):
+        yield spins, blocks
+
+
+# ------------------------------------------------------------------------------------------------
+# Interactions
+
+
+def naive_measure(config: np.ndarray, interaction: Interaction) -> int:
+    """S_alpha(sigma) by an explicit loop over sites and terms (periodic), one configuration."""
+    L = config.shape[0]
+    total = 0
+    for site in itertools.product(range(L), repeat=config.ndim):
+        for term in interaction.terms:
+            product = 1
+            for offset in term:
+                product *= config[tuple((s + o) % L for s, o in zip(site, offset, strict=True))]
+            total += product
+    return total
+
+
+def test_measure_equals_the_site_loop():
+    generator = torch.Generator().manual_seed(0)
+    spins = (torch.randint(0, 2, (3, 6, 6), generator=generator) * 2 - 1).to(torch.int8)
+    values = measure(spins, EVEN + ODD)
+    for row, config in enumerate(spins.numpy()):
+        expected = [naive_measure(config, i) for i in EVEN + ODD]
+        assert values[row].tolist() == expected
+    chain = torch.randint(0, 2, (4, 10), generator=generator) * 2.0 - 1
+    assert measure(chain, CHAIN_NN)[:, 0].tolist() == [
+        naive_measure(c, CHAIN_NN[0]) for c in chain.numpy()
+    ]
+
+
+def test_interaction_sets_respect_the_lattice_symmetries():
+    """Even (odd) interactions are even (odd) under a global flip; all are invariant under the
+    rotations and reflections of the square lattice, so no orientation of a term is missing."""
+    generator = torch.Generator().manual_seed(1)
+    spins = torch.randint(0, 2, (4, 8, 8), generator=generator) * 2.0 - 1
+    even, odd = measure(spins, EVEN), measure(spins, ODD)
+    assert torch.equal(measure(-spins, EVEN), even)
+    assert torch.equal(measure(-spins, ODD), -odd)
+    for image in (spins.rot90(1, (1, 2)), spins.transpose(1, 2), spins.flip(1)):
+        assert torch.equal(measure(image, EVEN), even)
+        assert torch.equal(measure(image, ODD), odd)
+
+
+def test_interactions_that_do_not_fit_are_nan():
+    spins = torch.ones(2, 4, 4)
+    values = measure(spins, EVEN)
+    fits = [i.span * 2 < 4 for i in EVEN]
+    assert fits == [True, True, True, False, False, False, False]
+    assert torch.isnan(values[:, ~torch.tensor(fits)]).all()
+    assert values[:, :3].tolist() == [[32.0, 32.0, 16.0]] * 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Transformations
+
+
+def test_majority_rule_and_tie_break():
+    generator = torch.Generator().manual_seed(2)
+    spins = torch.randint(0, 2, (4000, 8, 8), generator=generator) * 2.0 - 1
+    blocks = majority(2)(spins, generator)
+    sums = spins.view(4000, 4, 2, 4, 2).sum((2, 4))
+    decided = sums != 0
+    assert torch.equal(blocks[decided], torch.sign(sums[decided]))
+    ties = blocks[~decided]
+    assert set(ties.unique().tolist()) == {-1.0, 1.0}
+    # Binomial test: a tie is +1 with probability 1/2.
+    assert scipy.stats.binomtest(int((ties > 0).sum()), ties.numel()).pvalue > 1e-3
+
+
+def test_decimation_keeps_the_first_spin_of_each_block():
+    spins = torch.randint(0, 2, (3, 8, 8)) * 2.0 - 1
+    assert torch.equal(decimation(2)(spins, None), spins[:, ::2, ::2])
+    chain = torch.randint(0, 2, (3, 12)) * 2.0 - 1
+    assert torch.equal(decimation(3)(chain, None), chain[:, ::3])
+
+
+# ------------------------------------------------------------------------------------------------
+# Exactly solvable: decimation of the periodic chain
+
+
+def test_chain_decimation_gives_the_exact_eigenvalue():
+    """tanh K' = tanh^2 K for b = 2 decimation, so T = dK'/dK = 2t / (1 + t^2), t = tanh K.
+
+    On a periodic ring the decimated weight is exactly exp(K' S'_nn + const), so the one-coupling
+    MCRG ratio B / A equals T at any L; two steps give the same formula at t' = t^2.
+    """
+    model = IsingModel(L=32, coupling=0.5, dim=1)
+    result = run_mcrg(
+        stream(model, 40_000, 200, 20, seed=3),
+        [decimation(2)],
+        n_rg_steps=2,
+        scale=2.0,
+        sets={"even": CHAIN_NN},
+    )
+    y, err = result.y["even"][:, 0], result.err["even"][:, 0]
+    t = math.tanh(0.5)
+    exact = np.log2([2 * t / (1 + t**2), 2 * t**2 / (1 + t**4)])  # 0.7616 and 0.4085
+    assert np.all(err > 0) and np.all(err < 0.03)
+    assert np.all(np.abs(y - exact) < 4 * err), (y, err, exact)
+
+
+def test_jackknife_error_matches_the_spread_of_repetitions():
+    """30 independent repetitions of the chain MCRG: the sample std s of their y estimates over the
+    mean jackknife error must be consistent with sigma. (R - 1) s^2 / sigma^2 is chi-square with
+    R - 1 degrees of freedom; the two-sided 99.9% range of s / sigma for R = 30 is [0.59, 1.45].
+    (The mean of 30 jackknife errors of 20 blocks each is itself good to ~3%.)
+    """
+    n_repeats, n_chains, per_chain = 30, 100, 20
+    model = IsingModel(L=32, coupling=0.5, dim=1)
+    accumulators = [MCRGAccumulator(3, 20, {"even": CHAIN_NN}) for _ in range(n_repeats)]
+    blocks = chain_blocks(n_chains, 20)
+    for spins in iterate_samples(
+        model,
+        n_repeats * n_chains * per_chain,
+        algorithm=ALGORITHM,
+        n_chains=n_repeats * n_chains,
+        n_thermalize=50,
+        n_between=2,
+        seed=4,
+    ):
+        levels = iterate(spins, [decimation(2)], 2)
+        for r, acc in enumerate(accumulators):
+            acc.update([level[r * n_chains : (r + 1) * n_chains] for level in levels], blocks)
+    estimates = np.array([acc.exponents("even", 2.0)[0][:, 0] for acc in accumulators])
+    errors = np.array([acc.exponents("even", 2.0)[1][:, 0] for acc in accumulators])
+    ratio = estimates.std(0, ddof=1) / errors.mean(0)
+    dof = n_repeats - 1
+    low = math.sqrt(scipy.stats.chi2.ppf(0.0005, dof) / dof)
+    high = math.sqrt(scipy.stats.chi2.ppf(0.9995, dof) / dof)
+    assert np.all((low < ratio) & (ratio < high)), (ratio, low, high)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2D majority rule against Swendsen
+
+
+def majority_table(n_samples: int, n_chains: int, seed: int):
+    model = IsingModel(L=32)
+    return run_mcrg(
+        stream(model, n_samples, n_chains, 20, seed=seed),
+        [majority(2)],
+        n_rg_steps=2,
+        scale=2.0,
+        generator=torch.Generator().manual_seed(seed + 1),
+    )
+
+
+def assert_swendsen(result):
+    y, err = result.y["even"], result.err["even"]
+    for (n_r, n_c), (published, published_err) in SWENDSEN.items():
+        value, error = y[n_r - 1, n_c - 1], err[n_r - 1, n_c - 1]
+        tolerance = 4 * math.hypot(error, published_err)
+        assert abs(value - published) < tolerance, (n_r, n_c, value, error, published)
+
+
+def test_majority_rule_agrees_with_swendsen():
+    """L = 32 at K_c, 2 x 10^4 samples: y_t within 4 combined error bars of Table 1 (~0.03)."""
+    result = majority_table(20_000, 200, seed=5)
+    assert np.all(result.err["even"] < 0.02)
+    assert_swendsen(result)
+    # y_h is far more precise; 15/8 is approached from above as N_r grows.
+    assert np.all(np.abs(result.y["odd"] - 15 / 8) < 0.02)
+
+
+@pytest.mark.slow
+def test_majority_rule_agrees_with_swendsen_full_statistics():
+    """10^6 samples (the paper's count): error bars ~0.001-0.002, as tight as the published ones."""
+    result = majority_table(1_000_000, 1000, seed=6)
+    assert np.all(result.err["even"][:, [0, 6]] < 0.003)
+    assert_swendsen(result)
+
+
+# ------------------------------------------------------------------------------------------------
+# Streaming sums and jackknife against a direct computation
+
+
+def direct_exponents(values, blocks, n_levels, width, set_slice, n_blocks, scale):
+    """y and jackknife error from the stored (samples, levels * width) values, numpy only."""
+
+    def estimate(rows):
+        data = values[rows]
+        n_set = set_slice.stop - set_slice.start
+        y = np.full((n_levels - 1, n_set), np.nan)
+        for level in range(n_levels - 1):
+            for n_c in range(1, n_set + 1):
+                lower = data[:, level * width + set_slice.start :][:, :n_c]
+                upper = data[:, (level + 1) * width + set_slice.start :][:, :n_c]
+                both = np.cov(np.hstack([upper, lower]).T, bias=True).reshape(2 * n_c, 2 * n_c)
+                y[level, n_c - 1] = leading_exponent(both[:n_c, :n_c], both[:n_c, n_c:], scale)
+        return y
+
+    full = estimate(np.ones(len(values), bool))
+    jack = np.stack([estimate(blocks != j) for j in range(n_blocks)])
+    err = np.sqrt((n_blocks - 1) / n_blocks * ((jack - jack.mean(0)) ** 2).sum(0))
+    return full, err
+
+
+def test_streaming_sums_equal_the_direct_computation():
+    model = IsingModel(L=16)
+    n_chains, n_blocks = 40, 20
+    batches = list(stream(model, 1200, n_chains, n_blocks, seed=7))
+    generator = torch.Generator().manual_seed(8)
+    levels = [iterate(spins, [majority(2)], 2, generator) for spins, _ in batches]
+    acc = MCRGAccumulator(3, n_blocks)
+    for level_list, (_, blocks) in zip(levels, batches, strict=True):
+        acc.update(level_list, blocks)
+
+    stacked = [torch.cat([lv[n] for lv in levels]) for n in range(3)]
+    values = torch.cat([measure(s, EVEN + ODD) for s in stacked], 1).numpy()
+    blocks = torch.cat([b for _, b in batches]).numpy()
+    width = len(EVEN) + len(ODD)
+    with pytest.warns(UserWarning, match="do not fit"):  # the 4x4 level
+        for name, part in (("even", slice(0, 7)), ("odd", slice(7, 14))):
+            y, err = acc.exponents(name, 2.0)
+            y_direct, err_direct = direct_exponents(values, blocks, 3, width, part, n_blocks, 2.0)
+            finite = np.isfinite(y)
+            assert finite[0].all() and finite.sum() > 7
+            np.testing.assert_allclose(y[finite], y_direct[finite], rtol=1e-9)
+            np.testing.assert_allclose(err[finite], err_direct[finite], rtol=1e-6)
+
+    means = acc.level_means("even", 0)
+    np.testing.assert_allclose([m["mean"] for m in means], values[:, :7].mean(0) / 256, rtol=1e-12)
+    assert [m["name"] for m in means] == [i.name for i in EVEN]
+
+
+def test_chain_major_batches_assign_whole_chains_to_blocks():
+    spins = torch.arange(12).view(12, 1, 1).float()  # row c * 3 + k: chain c, sample k
+    got = list(chain_major_batches(spins, n_chains=4, n_blocks=2, batch_size=5))
+    blocks = torch.cat([b for _, b in got])
+    assert blocks.tolist() == [0] * 6 + [1] * 6
+    with pytest.raises(ValueError, match="n_blocks"):
+        chain_blocks(10, 20)
+
+
+# ------------------------------------------------------------------------------------------------
+# NaN and warnings instead of silent numbers
+
+
+def small_lattice_levels(L, n_samples, transform, n_rg_steps, seed=9):
+    model = IsingModel(L=L)
+    generator = torch.Generator().manual_seed(seed)
+    for spins, blocks in stream(model, n_samples, 40, 20, seed=seed):
+        yield iterate(spins, [transform], n_rg_steps, generator), blocks
+
+
+def test_level_too_small_gives_nan_and_a_warning():
+    """L = 8, N_r = 2: the 4x4 level holds only the span-1 interactions, the 2x2 level none."""
+    acc = MCRGAccumulator(3, 20)
+    for levels, blocks in small_lattice_levels(8, 800, majority(2), 2):
+        acc.update(levels, blocks)
+    with pytest.warns(UserWarning, match=r"do not fit the lattice at \(N_r, N_c\) = \[\(1, 4\)"):
+        y, err = acc.exponents("even", 2.0)
+    assert np.isfinite(y[0, :3]).all() and np.isfinite(err[0, :3]).all()
+    assert np.isnan(y[0, 3:]).all() and np.isnan(y[1]).all() and np.isnan(err[1]).all()
+
+
+def test_singular_a_gives_nan_and_a_warning():
+    nn = EVEN[0]
+    acc = MCRGAccumulator(2, 20, {"even": (nn, nn)})
+    for levels, blocks in small_lattice_levels(8, 800, decimation(2), 1):
+        acc.update(levels, blocks)
+    with pytest.warns(SingularWarning, match=r"singular A matrix .* \[\(1, 2\)\]"):
+        y, err = acc.exponents("even", 2.0)
+    assert np.isfinite(y[0, 0]) and np.isfinite(err[0, 0])
+    assert np.isnan(y[0, 1]) and np.isnan(err[0, 1])
+
+
+def test_empty_jackknife_blocks_are_reported():
+    acc = MCRGAccumulator(2, 20, {"even": (EVEN[0],)})
+    for levels, blocks in small_lattice_levels(8, 400, majority(2), 1):
+        acc.update(levels, blocks % 10)
+    with pytest.warns(UserWarning, match="received no samples"):
+        acc.exponents("even", 2.0)
+
+
+def test_leading_exponent_rejects_singular_and_nonfinite_input():
+    assert math.isnan(leading_exponent(np.ones((2, 2)), np.eye(2), 2.0))
+    assert math.isnan(leading_exponent(np.array([[np.nan]]), np.eye(1), 2.0))
+    assert math.isnan(leading_exponent(np.eye(1), -np.eye(1), 2.0))  # no positive eigenvalue
+    assert leading_exponent(np.eye(2), np.diag([4.0, 2.0]), 2.0) == pytest.approx(2.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Paper notation
+
+
+@pytest.mark.parametrize(
+    "value, error, text",
+    [
+        (1.00012, 0.00109, "1.0001(11)"),
+        (0.904, 0.001, "0.9040(10)"),  # leading digit 1: two digits
+        (0.967, 0.0034, "0.9670(34)"),
+        (1.88015, 0.00025, "1.88015(25)"),
+        (0.9217, 0.0009, "0.9217(9)"),
+        (0.99, 0.000996, "0.9900(10)"),
+        (-1.5, 0.02, "-1.500(20)"),
+        (12.34, 1.5, "12.3(15)"),
+        (123.0, 12.0, "123(12)"),
+        (1.0, 0.0, "1.0000"),
+        (1.0, float("nan"), "1.0000(?)"),
+        (float("nan"), 0.1, "nan"),
+    ],
+)
+def test_format_value(value, error, text):
+    assert format_value(value, error) == text
