@@ -13,7 +13,8 @@ Training minimises D(p_Ising || Y / sum Y) (Eq. 8), which is maximum likelihood 
 visible marginal is proportional to Y(sigma) = exp(-F(sigma)), F the free energy below.
 
 The hidden field is a periodic convolution; the visible field g_i = sum_j W_ij mu_j is its adjoint, a
-transposed convolution whose overhang is folded back onto the lattice.
+transposed convolution, computed as b^2 ordinary periodic convolutions (one per phase of the site
+within its block) interleaved by pixel_shuffle.
 """
 
 from __future__ import annotations
@@ -46,17 +47,28 @@ def hidden_field(spins: torch.Tensor, weight: torch.Tensor, stride: int) -> torc
 def visible_field(
     block_spins: torch.Tensor, weight: torch.Tensor, stride: int, L: int
 ) -> torch.Tensor:
-    """g_i = sum_j W_ij mu_j, the adjoint of :func:`hidden_field`. Shape (batch, L, L)."""
+    """g_i = sum_j W_ij mu_j, the adjoint of :func:`hidden_field`. Shape (batch, L, L).
+
+    Polyphase form: along each axis write the site as i = b m + r (0 <= r < b); it receives
+    W[b d + r] mu[m - d] for d = 0..D-1, D = ceil(f / b), indices mod L/b. The b^2 phases r are the
+    output channels of one ordinary periodic convolution of mu, interleaved back by pixel_shuffle.
+    (On a CPU this is several times faster than a transposed convolution with the overhang folded.)
+    """
     f = weight.shape[-1]
+    b = stride
+    taps = -(-f // b)  # D
+    if taps * b != f:  # zero taps so that every phase has D of them
+        weight = F.pad(weight, (0, taps * b - f, 0, taps * b - f))
+    # kernel[r b + s, 0, k, l] = W[b (D-1-k) + r, b (D-1-l) + s]: flipped, since conv2d correlates.
+    kernel = weight.view(taps, b, taps, b).flip(0, 2).permute(1, 3, 0, 2)
+    kernel = kernel.reshape(b * b, 1, taps, taps)
     mu = block_spins.to(weight.dtype).unsqueeze(1)
-    out = F.conv_transpose2d(mu, weight.view(1, 1, f, f), stride=stride).squeeze(1)
-    # The transposed convolution spills over the lattice edge by f - stride sites; fold it back
-    # (site L + i is site i on the periodic lattice).
-    size = out.shape[-1]
-    wraps = -(-size // L)
-    out = F.pad(out, (0, wraps * L - size, 0, wraps * L - size))
-    batch = out.shape[0]
-    return out.view(batch, wraps, L, wraps, L).sum((1, 3))
+    if taps > 1:  # mu[m - d], d < D: periodic padding before the first block spin
+        mu = F.pad(mu, (taps - 1, 0, taps - 1, 0), mode="circular")
+    out = F.pixel_shuffle(F.conv2d(mu, kernel), b).squeeze(1)
+    if out.shape[-1] != L:
+        raise ValueError(f"block spins of size {block_spins.shape[-1]} x stride {b} != L={L}")
+    return out
 
 
 def log_2cosh(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,240 @@
+"""Training throughput: CD-k updates/s and configurations/s, bare PyTorch loop vs. Lightning.
+
+    python benchmarks/training.py                    # paper settings, every device present
+    python benchmarks/training.py --steps 3000 --threads 1 --device cpu
+
+Paper settings: L = 32, 8x8 filter, stride 2, CD-3, minibatch 10, Adam with the square-root schedule.
+The configurations are random +1/-1 spins already on the device (the cost of an update does not depend
+on what the spins are), served like ``IsingDataModule.train_dataloader``: on-device float32 minibatches
+of a tensor reshuffled each epoch, no DataLoader and no collate. Both loops run the same
+``RBMModule.contrastive_divergence``; the Lightning loop adds the Trainer (automatic optimisation,
+scheduler, step logging every ``log_every_n_steps`` to a CSV logger, no progress bar, no checkpoints).
+Also timed: one MCRG measurement of the held-out set (5 x 10^4 configurations, N_r = 2), the cost
+MCRGCallback adds per epoch.
+
+Prints a table and appends one JSON line per device to benchmarks/results/training.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from rbmrg.callbacks import MCRGCallback
+from rbmrg.module import RBMModule
+from rbmrg.schedules import SqrtDecay
+
+RESULTS = Path(__file__).parent / "results" / "training.jsonl"
+
+
+class OnDeviceBatches:
+    """Minibatches of an on-device tensor, reshuffled each epoch (the data module's contract)."""
+
+    def __init__(self, spins: torch.Tensor, batch_size: int, n_batches: int):
+        self.spins, self.batch_size, self.n_batches = spins, batch_size, n_batches
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self):
+        order = torch.randperm(self.spins.shape[0], device=self.spins.device)
+        shuffled = self.spins[order]
+        for index in range(self.n_batches):
+            start = (index * self.batch_size) % (shuffled.shape[0] - self.batch_size + 1)
+            yield shuffled[start : start + self.batch_size]
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _module(args: argparse.Namespace) -> RBMModule:
+    return RBMModule(
+        filter_size=args.filter_size,
+        stride=args.stride,
+        cd_k=args.cd_k,
+        schedule=SqrtDecay(1e-3, 1e-4, decay_epochs=25),
+    )
+
+
+def bare_loop(spins: torch.Tensor, args: argparse.Namespace, device: str) -> float:
+    """Updates/s of the plain loop: CD-k loss, backward, Adam, schedule."""
+    module = _module(args).to(device)
+    optimizer = torch.optim.Adam(module.rbm.parameters(), lr=module.schedule.lr)
+    scheduler = module.schedule.build(optimizer, steps_per_epoch=1000)["scheduler"]
+    batches = OnDeviceBatches(spins, args.batch_size, args.steps + args.warmup)
+    elapsed, start = 0.0, None
+    for step, batch in enumerate(batches):
+        if step == args.warmup:
+            _sync(device)
+            start = time.perf_counter()
+        loss = module.contrastive_divergence(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    return args.steps / elapsed
+
+
+class _Timer(pl.Callback):
+    def __init__(self, warmup: int, device: str):
+        self.warmup, self.device, self.start, self.end = warmup, device, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            _sync(self.device)
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        _sync(self.device)
+        self.end = time.perf_counter()
+
+
+def lightning_loop(spins: torch.Tensor, args: argparse.Namespace, device: str) -> float:
+    """Updates/s with the Trainer in the loop."""
+    module = _module(args)
+    timer = _Timer(args.warmup, device)
+    batches = OnDeviceBatches(spins, args.batch_size, args.steps + args.warmup)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(
+            accelerator="gpu" if device == "cuda" else "cpu",
+            devices=1,
+            max_epochs=1,
+            logger=pl.loggers.CSVLogger(tmp),
+            log_every_n_steps=50,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=[timer],
+            default_root_dir=tmp,
+        )
+        trainer.fit(module, train_dataloaders=batches)
+    return args.steps / (timer.end - timer.start)
+
+
+def mcrg_seconds(args: argparse.Namespace, device: str) -> float:
+    """Seconds for one MCRGCallback measurement on ``args.n_val`` configurations."""
+
+    class HeldOut:
+        spins = (torch.randint(0, 2, (args.n_val, args.L, args.L), device=device) * 2 - 1).to(
+            torch.int8
+        )
+        n_chains = 100
+
+    module = _module(args).to(device)
+    callback = MCRGCallback(n_rg_steps=2, n_blocks=20)
+    _sync(device)
+    start = time.perf_counter()
+    callback.measure(module.rbm, HeldOut, torch.device(device))
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
+    parser.add_argument("--steps", type=int, default=2000, help="timed updates per measurement")
+    parser.add_argument("--warmup", type=int, default=100, help="untimed updates first")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--L", type=int, default=32)
+    parser.add_argument("--filter-size", type=int, default=8)
+    parser.add_argument("--stride", type=int, default=2)
+    parser.add_argument("--cd-k", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--n-train", type=int, default=10_000)
+    parser.add_argument(
+        "--n-val", type=int, default=50_000, help="held-out set for the MCRG timing"
+    )
+    parser.add_argument("--no-mcrg", action="store_true", help="skip the MCRG timing")
+    parser.add_argument("--no-save", action="store_true", help="print only, append nothing")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.device != "all":
+        devices = [args.device]
+    pl.seed_everything(0, verbose=False)
+
+    common = {
+        "benchmark": "training",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": {
+            "node": platform.node(),
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
+        "versions": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "pytorch_lightning": pl.__version__,
+        },
+        "settings": {
+            k: getattr(args, k)
+            for k in ("L", "filter_size", "stride", "cd_k", "batch_size", "steps", "n_val")
+        },
+    }
+    records = []
+    print(
+        f"CD-{args.cd_k}, L={args.L}, f={args.filter_size}, b={args.stride}, "
+        f"minibatch {args.batch_size}, {torch.get_num_threads()} torch thread(s)"
+    )
+    print(f"{'device':8s}{'loop':12s}{'updates/s':>12s}{'configs/s':>12s}")
+    for device in devices:
+        spins = torch.randint(0, 2, (args.n_train, args.L, args.L), device=device) * 2.0 - 1.0
+        figures = {}
+        for name, loop in (("bare", bare_loop), ("lightning", lightning_loop)):
+            rate = loop(spins, args, device)
+            figures[f"{name}_updates_per_s"] = round(rate, 1)
+            figures[f"{name}_configs_per_s"] = round(rate * args.batch_size, 1)
+            print(f"{device:8s}{name:12s}{rate:12.0f}{rate * args.batch_size:12.0f}")
+        figures["lightning_overhead_us_per_update"] = round(
+            1e6 * (1 / figures["lightning_updates_per_s"] - 1 / figures["bare_updates_per_s"]), 1
+        )
+        print(
+            f"{device:8s}Lightning overhead: {figures['lightning_overhead_us_per_update']} us/update"
+        )
+        if not args.no_mcrg:
+            seconds = mcrg_seconds(args, device)
+            figures["mcrg_seconds_per_epoch"] = round(seconds, 2)
+            print(f"{device:8s}MCRG on {args.n_val} configurations: {seconds:.1f} s")
+        records.append({**common, "device": device, "figures": figures})
+    if args.no_save:
+        return
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    print(f"appended {len(records)} line(s) to {RESULTS}")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Lightning wrapper that trains the RG weight factor (:class:`rbmrg.rbm.ConvRBM`) by contrastive divergence.
+
+Training minimises D(p_Ising || Y / sum Y) (Eq. 8 of Chung & Kao), i.e. the negative log-likelihood of
+the RBM whose visible marginal is Y(sigma) = exp(-F(sigma)). Its gradient is
+
+    d NLL / dW = < dF/dW >_data - < dF/dW >_model,
+
+and CD-k replaces the model average by the end of a k-step Gibbs chain sigma -> mu -> sigma. We
+minimise the *surrogate loss*
+
+    loss = mean_data F(sigma) - mean_chain F(sigma_k),     sigma_k detached,
+
+whose autograd gradient is exactly the CD-k estimate. Lightning's automatic optimisation then does the
+backward pass, Adam step, learning-rate schedule, DDP gradient averaging and checkpointing; the loss
+value itself is the free-energy gap between data and chain end (per configuration, in units of k_B T).
+
+Chains start at the minibatch (CD-k) or, with ``persistent=True``, continue from where the previous
+step left them (persistent CD / PCD, Tieleman 2008): the module keeps one chain per minibatch slot, the
+i-th configuration of every minibatch is paired with chain i. The chains start from the first
+minibatch and are saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from rbmrg.rbm import ConvRBM
+from rbmrg.schedules import Schedule, SqrtDecay
+
+
+class RBMModule(pl.LightningModule):
+    """CD-k (or persistent CD-k) training of a :class:`ConvRBM` with Adam.
+
+    Args:
+        filter_size: f, side of the square filter (paper: 8).
+        stride: b, the RG scale factor (paper: 2).
+        init_scale: W starts uniform in [-init_scale, init_scale] ("uniformly around zero").
+        cd_k: Gibbs steps per update, k >= 1 (paper: CD-3).
+        persistent: keep the Gibbs chains between updates (PCD) instead of restarting at the data.
+        schedule: learning-rate law (:mod:`rbmrg.schedules`); default the paper's square-root decay.
+        betas: Adam's (beta1, beta2).
+
+    The filter is the attribute ``rbm`` (state-dict key ``rbm.weight``); ``filter_size`` and ``stride``
+    are saved as hyper-parameters so a checkpoint alone rebuilds the transformation.
+    """
+
+    def __init__(
+        self,
+        filter_size: int = 8,
+        stride: int = 2,
+        init_scale: float = 0.01,
+        cd_k: int = 3,
+        persistent: bool = False,
+        schedule: Schedule | Mapping | None = None,
+        betas: tuple[float, float] = (0.9, 0.999),
+    ):
+        super().__init__()
+        if not isinstance(cd_k, int) or isinstance(cd_k, bool) or cd_k < 1:
+            raise ValueError(
+                f"model.cd_k={cd_k!r}: contrastive divergence needs k >= 1 Gibbs steps"
+            )
+        # The schedule object is not a plain value: keep it out of the checkpoint (the full Hydra
+        # config is logged with the run instead).
+        self.save_hyperparameters(ignore=["schedule"], logger=False)
+        self.hparams["betas"] = tuple(float(beta) for beta in betas)
+        self.rbm = ConvRBM(filter_size=filter_size, stride=stride, init_scale=init_scale)
+        self.schedule = _as_schedule(schedule)
+        self.chains: torch.Tensor | None = None  # persistent chains, (batch_size, L, ..., L)
+        self._gap_sum: torch.Tensor | None = None  # on-device running sum, no host sync per step
+        self._gap_count = 0
+
+    # ---------------------------------------------------------------------------------------------
+    # Physics hooks
+
+    def check_lattice(self, L: int) -> None:
+        """Raise a ValueError naming the setting if the filter cannot be used on an L lattice."""
+        self.rbm.check_lattice(L)
+
+    def chain_start(self, spins: torch.Tensor) -> torch.Tensor:
+        """Where the Gibbs chains of this update start: the data (CD) or the persistent chains (PCD)."""
+        if not self.hparams.persistent:
+            return spins
+        if self.chains is None or self.chains.shape[1:] != spins.shape[1:]:
+            self.chains = spins.detach().clone()
+        elif self.chains.shape[0] < spins.shape[0]:
+            extra = spins[self.chains.shape[0] :].detach().clone()
+            self.chains = torch.cat([self.chains, extra])
+        return self.chains[: spins.shape[0]].to(spins.device)
+
+    def contrastive_divergence(self, spins: torch.Tensor) -> torch.Tensor:
+        """The surrogate loss mean F(data) - mean F(chain end); its gradient is the CD-k gradient."""
+        with torch.no_grad():
+            chain_end = self.rbm.gibbs(self.chain_start(spins), self.hparams.cd_k)
+            if self.hparams.persistent:
+                self.chains[: spins.shape[0]] = chain_end
+        n = spins.shape[0]
+        # One pass over data and chain end together: one convolution and one backward instead of two.
+        free_energy = self.rbm.free_energy(torch.cat([spins, chain_end]))
+        return free_energy[:n].mean() - free_energy[n:].mean()
+
+    @torch.no_grad()
+    def reconstruction_cross_entropy(self, spins: torch.Tensor) -> torch.Tensor:
+        """-<log P(sigma' = sigma | mu)> per spin, mu ~ P(mu | sigma): one up-down pass, in nats."""
+        block_spins = self.rbm.sample_hidden(spins)
+        logits = 2.0 * self.rbm.visible_field(block_spins, spins.shape[-1])
+        return F.binary_cross_entropy_with_logits(logits, (spins + 1.0) / 2.0)
+
+    # ---------------------------------------------------------------------------------------------
+    # Lightning hooks
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        spins = batch[0] if isinstance(batch, list | tuple) else batch
+        spins = spins.to(self.rbm.weight.dtype)
+        loss = self.contrastive_divergence(spins)
+        gap = loss.detach()
+        self._gap_sum = gap if self._gap_sum is None else self._gap_sum + gap
+        self._gap_count += 1
+        # Log only on the steps the logger writes: self.log costs host time, and the metrics below
+        # need extra passes over the batch.
+        if self.trainer._logger_connector.should_update_logs:
+            self.log_dict(
+                {
+                    "train/free_energy_gap": gap,
+                    "train/reconstruction_cross_entropy": self.reconstruction_cross_entropy(spins),
+                    "train/filter_norm": self.rbm.weight.detach().norm(),
+                    "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+                },
+                on_step=True,
+                on_epoch=False,
+            )
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._gap_count:
+            self.log("train/free_energy_gap_epoch", self._gap_sum / self._gap_count, sync_dist=True)
+        self._gap_sum, self._gap_count = None, 0
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        betas = tuple(self.hparams.betas)
+        optimizer = torch.optim.Adam(self.rbm.parameters(), lr=self.schedule.lr, betas=betas)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": self.schedule.build(optimizer, self.steps_per_epoch()),
+        }
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch on this rank (the schedules count epochs in steps)."""
+        self.trainer.estimated_stepping_batches  # noqa: B018 - loads the train dataloader if needed
+        batches = self.trainer.num_training_batches
+        if batches == float("inf"):
+            raise ValueError(
+                "the training data has no length: the learning-rate schedule needs the number of "
+                "minibatches per epoch"
+            )
+        return max(1, -(-int(batches) // self.trainer.accumulate_grad_batches))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.chains is not None:
+            checkpoint["persistent_chains"] = self.chains.detach().cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        chains = checkpoint.get("persistent_chains")
+        self.chains = None if chains is None else chains.to(self.rbm.weight.device)
+
+
+def _as_schedule(schedule: Schedule | Mapping | None) -> Schedule:
+    if schedule is None:
+        return SqrtDecay()
+    if isinstance(schedule, Schedule):
+        return schedule
+    if isinstance(schedule, Mapping):  # a Hydra config with _target_
+        from hydra.utils import instantiate
+
+        return instantiate(schedule)
+    raise TypeError(f"schedule={schedule!r}: expected a rbmrg.schedules.Schedule")

@@ -1,0 +1,100 @@
+"""Figures of a training run: the learned filter (Fig. 1 of Chung & Kao) and y_t over training (Fig. 2).
+
+Matplotlib's object API with the Agg canvas (no pyplot, no display): safe on clusters and inside
+Lightning callbacks. Every function returns a :class:`matplotlib.figure.Figure`; save it with
+``fig.savefig(path)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+#: Exact thermal exponent of the 2D Ising model, y_t = 1/nu = 1.
+Y_T_EXACT = 1.0
+#: Majority rule on 2x2 blocks, 32x32 lattice, N_r = 1, N_c = 7 (Swendsen 1982; Table 1 of the paper).
+Y_T_MAJORITY = 0.967
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _draw_filter(fig: Figure, ax, weight: np.ndarray, title: str) -> None:
+    # Symmetric colour scale: white is W = 0, red couples a spin positively to its block spin.
+    scale = float(np.abs(weight).max()) or 1.0
+    image = ax.imshow(weight, cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label(f"W (scale symmetric, ±{scale:.3g})", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
+def filter_figure(weight: torch.Tensor | np.ndarray, title: str = "filter W") -> Figure:
+    """The f x f filter as an image; colour scale symmetric around zero, stated on the colorbar."""
+    fig = _figure(4.2, 3.6)
+    _draw_filter(fig, fig.add_subplot(1, 1, 1), _numpy(weight), title)
+    fig.tight_layout()
+    return fig
+
+
+def filter_panel(filters: Mapping[int, torch.Tensor | np.ndarray]) -> Figure:
+    """Fig. 1 of Chung & Kao: the filter at several epochs, left to right (each its own scale)."""
+    epochs = sorted(filters)
+    fig = _figure(3.4 * max(len(epochs), 1), 3.2)
+    for index, epoch in enumerate(epochs):
+        ax = fig.add_subplot(1, max(len(epochs), 1), index + 1)
+        _draw_filter(fig, ax, _numpy(filters[epoch]), f"epoch {epoch}")
+    fig.tight_layout()
+    return fig
+
+
+def yt_history_figure(
+    history: Sequence[Mapping[str, float]], n_r: int = 1, n_cs: Sequence[int] = (7,)
+) -> Figure:
+    """Fig. 2 of Chung & Kao: y_t at N_r = ``n_r`` against the training step, with reference lines.
+
+    ``history`` rows carry ``step``, ``n_r``, ``n_c``, ``y_t``, ``y_t_err`` (as written by
+    :class:`rbmrg.callbacks.MCRGCallback`).
+    """
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for n_c in n_cs:
+        rows = [r for r in history if r["n_r"] == n_r and r["n_c"] == n_c]
+        rows = [r for r in rows if np.isfinite(r["y_t"])]
+        if rows:
+            ax.errorbar(
+                [r["step"] for r in rows],
+                [r["y_t"] for r in rows],
+                yerr=[r["y_t_err"] if np.isfinite(r["y_t_err"]) else 0.0 for r in rows],
+                marker="o",
+                markersize=3,
+                capsize=2,
+                label=f"optimal RBM, $N_r$={n_r}, $N_c$={n_c}",
+            )
+    ax.axhline(Y_T_EXACT, color="black", linestyle=":", label=f"exact $y_t$ = {Y_T_EXACT:g}")
+    ax.axhline(
+        Y_T_MAJORITY,
+        color="red",
+        linestyle=":",
+        label=f"majority rule, $N_r$=1 = {Y_T_MAJORITY:g}(3)",
+    )
+    ax.set_xlabel("training step (optimizer updates)")
+    ax.set_ylabel("thermal exponent $y_t$")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _numpy(weight: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(weight, torch.Tensor):
+        return weight.detach().cpu().to(torch.float64).numpy()
+    return np.asarray(weight, dtype=np.float64)

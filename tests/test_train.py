@@ -1,0 +1,210 @@
+"""train.py end to end on a tiny lattice: wandb offline, multirun sweep, resume, bad settings.
+
+Every run writes under tmp_path (outputs, wandb, sample cache), never into the repository.
+"""
+
+import csv
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("rbmrg_train_script", ROOT / "train.py")
+train_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_script)
+
+#: 8x8 lattice, 200 + 400 configurations, 4x4 filter, 2 epochs of 20 updates: a few seconds.
+TINY = [
+    "experiment=smoke",
+    "data.L=8",
+    "data.n_train=200",
+    "data.n_val=400",
+    "data.n_chains=20",
+    "data.n_thermalize=20",
+    "data.progress=false",
+    "model.filter_size=4",
+    "mcrg.n_blocks=10",
+    "trainer.max_epochs=2",
+    "trainer.log_every_n_steps=5",
+    "optimized_metric=mcrg/y_t/nr1_nc3",  # N_c > 3 do not fit the 4x4 block lattice
+]
+
+
+def compose_train(tmp_path: Path, overrides: list[str], run: str = "run", hydra_settings=None):
+    """The composed train config as `python train.py <overrides>` would see it, rooted in tmp_path."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / run)
+        cfg.hydra.runtime.cwd = str(tmp_path)
+        cfg.hydra.job.num = 0
+        for key, value in (hydra_settings or {}).items():
+            OmegaConf.update(cfg.hydra, key, value)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path / run)
+        cfg.data.data_dir = str(tmp_path / "data")
+        del cfg.hydra
+    return cfg
+
+
+def last_checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+
+
+def read_history(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_short_run_with_wandb_offline_writes_history_figures_and_checkpoints(tmp_path):
+    cfg = compose_train(tmp_path, [*TINY, "logger=wandb"])
+    value = train_script.train(cfg)
+    assert 0.5 < value < 1.5  # y_t at N_r = 1, N_c = 3 after 40 updates: rough, but physical
+    run = tmp_path / "run"
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    history = read_history(offline / "files" / "mcrg_history.csv")
+    assert sorted({int(row["epoch"]) for row in history}) == [1, 2]
+    assert all(math.isfinite(float(row["y_t"])) for row in history if row["n_c"] in "123")
+    images = offline / "files" / "media" / "images"
+    assert len(list((images / "filters").glob("*.png"))) == 2  # one filter image per epoch
+    assert len(list((images / "figures").glob("*.png"))) == 2  # Fig. 1 panel, Fig. 2
+    for name in ("fig1_filters.png", "fig2_yt_vs_step.png", "filters/epoch_002.png"):
+        assert (run / name).stat().st_size > 1000
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["epoch_000.ckpt", "epoch_001.ckpt", "last.ckpt"]
+    from rbmrg.checkpoint import load_rbm
+
+    rbm = load_rbm(run / "checkpoints" / "last.ckpt")
+    assert rbm.filter_size == 4 and rbm.stride == 2
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard", "none"])
+def test_other_loggers(tmp_path, logger):
+    cfg = compose_train(tmp_path, [*TINY, f"logger={logger}", "trainer.max_epochs=1"])
+    train_script.train(cfg)
+    run = tmp_path / "run"
+    assert (run / "mcrg_history.csv").exists()
+    if logger == "csv":
+        metrics = read_history(run / "csv" / "metrics.csv")
+        keys = set(metrics[0])
+        assert {"train/free_energy_gap", "train/lr", "mcrg/y_t/nr1_nc1"} <= keys
+    if logger == "tensorboard":
+        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_multirun_sweep_gives_each_job_its_directory_and_wandb_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        RBMRG_DATA_DIR=str(tmp_path / "data"),
+        OMP_NUM_THREADS="1",
+        NUMBA_NUM_THREADS="1",
+    )
+    overrides = [o for o in TINY if not o.startswith("trainer.max_epochs")]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        *overrides,
+        "data.data_dir=" + str(tmp_path / "data"),
+        "trainer.max_epochs=1",
+        "model.filter_size=2,4",
+        "logger=wandb",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for job, filter_size in ((0, 2), (1, 4)):
+        history = read_history(sweep / str(job) / "mcrg_history.csv")
+        assert [row["epoch"] for row in history if row["n_c"] == "1"] == ["1"]
+        assert len(list((sweep / str(job) / "wandb").glob("offline-run-*"))) == 1
+        ckpt = last_checkpoint(sweep / str(job))
+        assert ckpt["hyper_parameters"]["filter_size"] == filter_size
+    assert (tmp_path / "data").is_dir()  # the jobs shared one sample cache
+
+
+def test_multirun_names_and_groups_wandb_runs_by_sweep(tmp_path):
+    settings = {
+        "mode": "MULTIRUN",
+        "sweep.dir": str(tmp_path / "my_sweep"),
+        "job.override_dirname": "model.filter_size=4",
+    }
+    cfg = compose_train(tmp_path, [*TINY, "logger=wandb"], hydra_settings=settings)
+    logger = train_script._tracking(cfg.logger)
+    assert logger.group == "my_sweep"
+    assert logger.name == "model.filter_size=4"
+    assert logger.offline is True
+
+
+class Kill(pl.Callback):
+    """Stops the run with an error at the start of update ``at_step`` (a crash mid-epoch)."""
+
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            raise RuntimeError(f"killed at step {self.at_step}")
+
+
+def test_resume_after_a_crash_mid_epoch_keeps_step_count_and_history(tmp_path):
+    overrides = [
+        *TINY,
+        "logger=csv",
+        "trainer.max_epochs=3",
+        "callbacks.step_checkpoint.every_n_train_steps=5",
+    ]
+    # 20 updates an epoch; the run dies at the start of update 35 (mid epoch 2, after the step-35
+    # checkpoint of last.ckpt), then resumes from last.ckpt in a new directory.
+    cfg = compose_train(tmp_path, overrides, run="crashed")
+    with open_dict(cfg):
+        cfg.callbacks.kill = {"_target_": f"{__name__}.Kill", "at_step": 35}
+    with pytest.raises(RuntimeError, match="killed at step 35"):
+        train_script.train(cfg)
+    crashed = last_checkpoint(tmp_path / "crashed")
+    assert crashed["global_step"] == 35
+    assert [row["epoch"] for row in crashed["callbacks"]["MCRGCallback"]["history"]][-1] == 1
+
+    cfg = compose_train(
+        tmp_path, [*overrides, f"ckpt_path={tmp_path / 'crashed/checkpoints/last.ckpt'}"], "resumed"
+    )
+    train_script.train(cfg)
+    resumed = last_checkpoint(tmp_path / "resumed")
+    assert resumed["global_step"] == 3 * 20  # the same number of updates as an uninterrupted run
+    history = read_history(tmp_path / "resumed" / "mcrg_history.csv")
+    epochs = [int(row["epoch"]) for row in history if row["n_r"] == "1" and row["n_c"] == "1"]
+    assert epochs == [1, 2, 3]
+    steps = [int(row["step"]) for row in history if row["n_r"] == "1" and row["n_c"] == "1"]
+    assert steps == [20, 40, 60]
+    before = read_history(tmp_path / "crashed" / "mcrg_history.csv")
+    assert history[: len(before)] == before  # epoch 1 carried over, not recomputed
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.filter_size=16", "filter_size=16 is larger than the lattice L=8"),
+        ("model.stride=3", "L=8 is not divisible by the stride 3"),
+        ("model.cd_k=0", "cd_k=0"),
+        ("schedule.lr=0", "schedule.lr=0"),
+        ("schedule.lr=-1e-3", "schedule.lr=-0.001"),
+    ],
+)
+def test_bad_settings_fail_before_sampling(tmp_path, override, message):
+    cfg = compose_train(tmp_path, [*TINY, override, "logger=none"])
+    with pytest.raises(Exception, match=message):
+        train_script.train(cfg)
+    assert not (tmp_path / "data").exists()  # no Monte Carlo sampling was started
