@@ -1,0 +1,429 @@
+"""Lightning data module: Ising configurations for training the RBM and for MCRG while training.
+
+A thin layer over :func:`rbmrg.ising.draw_samples`. It draws two independent sets of the same
+model, from different seeds:
+
+* the training set (Chung & Kao: 10^4 configurations of the 32x32 lattice at K_c), served in shuffled
+  minibatches of 10;
+* the held-out set (5 x 10^4 configurations) that the MCRG callback measures exponents on.
+
+Both are cached on disk, one file per set, named by a hash of everything that determines its content
+(model, algorithm, counts, chains, sweeps, seed, sampling device type, format version). Files are
+written atomically (temporary file, then ``os.replace``) and validated on load: the stored settings,
+shape, dtype, values +1/-1 and a BLAKE2 checksum of the spins. A file that fails any check is reported
+with a warning and regenerated, never used.
+
+Every setting is checked in ``__init__``, before any sampling, and a bad one raises a ValueError that
+names it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from rbmrg.ising import (
+    DEFAULT_ALGORITHM,
+    IsingModel,
+    SampleSet,
+    check_algorithm,
+    draw_samples,
+)
+
+#: Bump when the cache layout or the sampler's output for given settings changes.
+CACHE_FORMAT = 1
+
+
+@contextlib.contextmanager
+def progress_bar(
+    total: int, description: str, enabled: bool = True
+) -> Iterator[Callable[[int], None]]:
+    """A ``rich`` progress bar with rate and ETA; yields ``update(k)``, k = items done so far.
+
+    Pass ``update`` as the ``progress`` argument of :func:`rbmrg.ising.draw_samples` or
+    :func:`rbmrg.ising.iterate_samples`. With ``enabled=False`` it yields a no-op.
+    """
+    if not enabled:
+        yield lambda done: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
+
+
+class ShuffledBatches:
+    """Minibatches of a tensor of configurations, reshuffled every epoch, on one device.
+
+    The permutation of epoch ``e`` is drawn from a ``torch.Generator`` seeded with ``(seed, e)``, so
+    it is the same on every rank and after a restart. Rank ``r`` of ``world_size`` takes every
+    ``world_size``-th entry of it; the tail that does not fill a whole batch on every rank is dropped,
+    so all ranks run the same number of steps.
+    """
+
+    def __init__(
+        self,
+        spins: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch_of: Callable[[], int] | None = None,
+    ) -> None:
+        self.spins = spins
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self._epoch_of = epoch_of
+        self._epochs_started = 0
+
+    def __len__(self) -> int:
+        return (self.spins.shape[0] // self.world_size) // self.batch_size
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        epoch = self._epoch_of() if self._epoch_of is not None else self._epochs_started
+        self._epochs_started += 1
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.spins.shape[0], generator=generator)
+        per_rank = len(self) * self.batch_size
+        mine = order[self.rank :: self.world_size][:per_rank].to(self.spins.device)
+        for start in range(0, per_rank, self.batch_size):
+            yield self.spins[mine[start : start + self.batch_size]]
+
+
+class IsingDataModule(pl.LightningDataModule):
+    """Training and held-out Ising configurations (Chung & Kao, Sec. 4: 10^4 and 5 x 10^4 at K_c).
+
+    Args:
+        L: linear lattice size; even, >= 4.
+        coupling: K in exp(K sum_<ij> s_i s_j); ``None`` = K_c of ``dim``.
+        dim: lattice dimension (2 or 3).
+        algorithm: sampler name (``rbmrg.ising.available_algorithms()``); default Wolff clusters,
+            whose kept samples are spaced by >= 2 tau_int of |m| and of the energy with the default
+            ``n_between`` at L = 32, K_c (docs/sampler.md).
+        n_train: configurations in the training set.
+        n_val: configurations in the held-out set (MCRG during training).
+        n_chains: independent chains per set; must divide ``n_train`` and ``n_val`` and be >= 20 (the
+            MCRG jackknife takes blocks of whole chains).
+        n_thermalize: sweeps discarded from the hot start of each chain.
+        n_between: sweeps between kept configurations of a chain.
+        batch_size: configurations per training minibatch.
+        train_seed, val_seed: seeds of the two sets; must differ, so the sets are independent.
+        data_dir: cache directory; ``None`` keeps the sets in memory only.
+        device: torch device the sampling runs on (the compiled samplers run on the CPU regardless).
+        progress: show a progress bar with ETA while sampling.
+    """
+
+    def __init__(
+        self,
+        L: int = 32,
+        coupling: float | None = None,
+        dim: int = 2,
+        algorithm: str = DEFAULT_ALGORITHM,
+        n_train: int = 10_000,
+        n_val: int = 50_000,
+        n_chains: int = 100,
+        n_thermalize: int = 1000,
+        n_between: int = 4,
+        batch_size: int = 10,
+        train_seed: int = 0,
+        val_seed: int = 1,
+        data_dir: str | None = "data",
+        device: str = "cpu",
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.ising = IsingModel(L=L, coupling=coupling, dim=dim)  # checks L, coupling, dim
+        check_algorithm(algorithm)
+        if algorithm == "metropolis-msc" and dim != 2:
+            raise ValueError(f"algorithm={algorithm!r}: written for dim=2 only, got dim={dim}")
+        for name, value, low in (
+            ("n_train", n_train, 1),
+            ("n_val", n_val, 1),
+            ("n_chains", n_chains, 1),
+            ("n_thermalize", n_thermalize, 0),
+            ("n_between", n_between, 1),
+            ("batch_size", batch_size, 1),
+            ("train_seed", train_seed, 0),
+            ("val_seed", val_seed, 0),
+        ):
+            _check_int(name, value, low)
+        if n_chains < 20:
+            raise ValueError(
+                f"n_chains={n_chains}: the held-out set needs >= 20 independent chains for the "
+                "jackknife error bars of MCRG"
+            )
+        for name, count in (("n_train", n_train), ("n_val", n_val)):
+            if count % n_chains:
+                raise ValueError(
+                    f"{name}={count} is not a multiple of n_chains={n_chains}: every chain "
+                    "contributes the same number of samples"
+                )
+        if batch_size > n_train:
+            raise ValueError(f"batch_size={batch_size} exceeds n_train={n_train}")
+        if train_seed == val_seed:
+            raise ValueError(
+                f"train_seed={train_seed} equals val_seed={val_seed}: the held-out set must be "
+                "independent of the training set"
+            )
+        try:
+            self.sampling_device = torch.device(device)
+        except RuntimeError as error:
+            raise ValueError(f"device={device!r}: not a torch device ({error})") from None
+        self.algorithm = algorithm
+        self.n_train, self.n_val, self.n_chains = n_train, n_val, n_chains
+        self.n_thermalize, self.n_between = n_thermalize, n_between
+        self.batch_size = batch_size
+        self.train_seed, self.val_seed = train_seed, val_seed
+        self.data_dir = None if data_dir is None else Path(data_dir)
+        self.show_progress = progress
+        self.train_set: SampleSet | None = None
+        self.val_set: SampleSet | None = None
+
+    # ----------------------------------------------------------------------------------------------
+    # Cache
+
+    def settings(self, n_samples: int, seed: int) -> dict:
+        """Everything that determines a set's content; its hash names the cache file."""
+        return {
+            "format": CACHE_FORMAT,
+            "L": self.ising.L,
+            "coupling": self.ising.coupling,
+            "dim": self.ising.dim,
+            "algorithm": self.algorithm,
+            "n_samples": n_samples,
+            "n_chains": self.n_chains,
+            "n_thermalize": self.n_thermalize,
+            "n_between": self.n_between,
+            "seed": seed,
+            # The torch generators differ between devices; the compiled samplers run on the CPU.
+            "sampling_device": self._sampling_device_type(),
+        }
+
+    def _sampling_device_type(self) -> str:
+        if self.algorithm in ("heatbath", "metropolis"):
+            return self.sampling_device.type
+        return "cpu"
+
+    def cache_path(self, n_samples: int, seed: int) -> Path | None:
+        if self.data_dir is None:
+            return None
+        text = json.dumps(self.settings(n_samples, seed), sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:20]
+        return self.data_dir / f"ising_L{self.ising.L}_{n_samples}_{digest}.pt"
+
+    def _load(self, path: Path, n_samples: int, seed: int) -> SampleSet | None:
+        """The cached set at ``path`` if it exists and passes every check, else None (warned)."""
+        if not path.exists():
+            return None
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            problem = _validate(stored, self.settings(n_samples, seed), self.ising)
+        except Exception as error:  # truncated or not a torch file at all
+            problem = f"unreadable ({type(error).__name__}: {error})"
+        if problem is not None:
+            warnings.warn(
+                f"cache file {path} is corrupt or stale: {problem}; regenerating it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        return SampleSet(
+            spins=stored["spins"],
+            n_chains=stored["n_chains"],
+            energy=stored["energy"],
+            tau_int_energy=stored["tau_int_energy"],
+            n_between=stored["n_between"],
+            magnetization=stored["magnetization"],
+            tau_int_abs_magnetization=stored["tau_int_abs_magnetization"],
+            tau_int_energy_error=stored["tau_int_energy_error"],
+            tau_int_abs_magnetization_error=stored["tau_int_abs_magnetization_error"],
+        )
+
+    def _save(self, path: Path, samples: SampleSet, n_samples: int, seed: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spins = samples.spins.cpu().contiguous()
+        payload = {
+            "settings": json.dumps(self.settings(n_samples, seed), sort_keys=True),
+            "spins": spins,
+            "checksum": _checksum(spins),
+            "n_chains": samples.n_chains,
+            "energy": samples.energy.cpu(),
+            "magnetization": samples.magnetization.cpu(),
+            "tau_int_energy": samples.tau_int_energy,
+            "tau_int_energy_error": samples.tau_int_energy_error,
+            "tau_int_abs_magnetization": samples.tau_int_abs_magnetization,
+            "tau_int_abs_magnetization_error": samples.tau_int_abs_magnetization_error,
+            "n_between": samples.n_between,
+        }
+        # Write next to the target, then rename: a crash leaves either the old file or none, never
+        # half a file under the final name.
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                torch.save(payload, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+
+    def _obtain(self, n_samples: int, seed: int, label: str) -> SampleSet:
+        path = self.cache_path(n_samples, seed)
+        if path is not None:
+            cached = self._load(path, n_samples, seed)
+            if cached is not None:
+                return cached
+        with progress_bar(n_samples, f"sampling {label} set", self.show_progress) as update:
+            samples = draw_samples(
+                self.ising,
+                n_samples,
+                algorithm=self.algorithm,
+                n_chains=self.n_chains,
+                n_thermalize=self.n_thermalize,
+                n_between=self.n_between,
+                seed=seed,
+                device=self.sampling_device,
+                progress=update,
+            )
+        _warn_if_correlated(samples, label)
+        if path is not None:
+            self._save(path, samples, n_samples, seed)
+        return samples
+
+    # ----------------------------------------------------------------------------------------------
+    # Lightning hooks
+
+    def prepare_data(self) -> None:
+        """Generate and cache both sets (Lightning calls this on one process per node)."""
+        if self.data_dir is None:
+            return  # nothing to share between processes: setup() samples in memory
+        self._obtain(self.n_train, self.train_seed, "training")
+        self._obtain(self.n_val, self.val_seed, "held-out")
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load both sets (from the cache ``prepare_data`` filled, or by sampling)."""
+        if self.train_set is None:
+            self.train_set = self._obtain(self.n_train, self.train_seed, "training")
+        if self.val_set is None:
+            self.val_set = self._obtain(self.n_val, self.val_seed, "held-out")
+
+    def _training_device(self) -> torch.device:
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return self.sampling_device
+
+    def train_dataloader(self) -> ShuffledBatches:
+        """Shuffled float32 minibatches ``(batch_size, L, ..., L)`` on the training device."""
+        if self.train_set is None:
+            self.setup("fit")
+        trainer = self.trainer
+        rank = trainer.global_rank if trainer is not None else 0
+        world_size = trainer.world_size if trainer is not None else 1
+        spins = self.train_set.spins.to(self._training_device(), torch.float32)
+        return ShuffledBatches(
+            spins,
+            self.batch_size,
+            self.train_seed,
+            rank=rank,
+            world_size=world_size,
+            epoch_of=(lambda: trainer.current_epoch) if trainer is not None else None,
+        )
+
+
+def _checksum(spins: torch.Tensor) -> str:
+    return hashlib.blake2b(spins.numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def _validate(stored, settings: dict, model: IsingModel) -> str | None:
+    """None if ``stored`` is a complete set with ``settings``, else what is wrong with it."""
+    if not isinstance(stored, dict):
+        return "not a dictionary"
+    keys = {"settings", "spins", "checksum", "n_chains", "energy", "magnetization", "n_between"}
+    if missing := keys - set(stored):
+        return f"missing {sorted(missing)}"
+    if stored["settings"] != json.dumps(settings, sort_keys=True):
+        return "written for other settings"
+    spins = stored["spins"]
+    expected = (settings["n_samples"], *model.shape)
+    if not isinstance(spins, torch.Tensor) or tuple(spins.shape) != expected:
+        return f"spins of shape {getattr(spins, 'shape', None)}, expected {expected}"
+    if spins.dtype != torch.int8:
+        return f"spins of dtype {spins.dtype}, expected torch.int8"
+    if not bool((spins.abs() == 1).all()):
+        return "spins other than +1/-1"
+    if _checksum(spins) != stored["checksum"]:
+        return "checksum mismatch"
+    per_chain = settings["n_samples"] // settings["n_chains"]
+    for name in ("energy", "magnetization"):
+        if tuple(stored[name].shape) != (per_chain, settings["n_chains"]):
+            return f"{name} of shape {tuple(stored[name].shape)}"
+    return None
+
+
+def _warn_if_correlated(samples: SampleSet, label: str) -> None:
+    """Warn when kept samples are closer than 2 tau_int of |m| or of the energy, or not thermalized.
+
+    tau_int <= 1 in units of n_between means spacing >= 2 tau_int. The thermalization check compares
+    the mean energy of the first and second half of every chain; they differ by more than 5 standard
+    errors (chains independent) when the start is still visible.
+    """
+    for name, tau in (
+        ("energy", samples.tau_int_energy),
+        ("|m|", samples.tau_int_abs_magnetization),
+    ):
+        if math.isfinite(tau) and tau > 1.0:
+            warnings.warn(
+                f"{label} set: tau_int of {name} is {tau:.2f} in units of n_between="
+                f"{samples.n_between} sweeps; kept samples are closer than 2 tau_int "
+                "(raise n_between)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    per_chain = samples.energy.shape[0]
+    if per_chain >= 4 and samples.n_chains >= 4:
+        half = per_chain // 2
+        drift = samples.energy[:half].mean(0) - samples.energy[half : 2 * half].mean(0)
+        error = float(drift.std()) / math.sqrt(samples.n_chains)
+        if error > 0 and abs(float(drift.mean())) > 5 * error:
+            warnings.warn(
+                f"{label} set: mean energy drifts between the halves of the chains "
+                f"({float(drift.mean()):.3g} +- {error:.2g}); raise n_thermalize",
+                RuntimeWarning,
+                stacklevel=3,
+            )

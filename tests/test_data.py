@@ -1,0 +1,189 @@
+"""IsingDataModule: settings checked up front, cache reused and validated, batches as promised."""
+
+import os
+import warnings
+from collections import Counter
+
+import pytest
+import torch
+
+from rbmrg.data import IsingDataModule, ShuffledBatches, progress_bar
+
+SMALL = dict(L=8, n_train=200, n_val=400, n_chains=20, n_thermalize=20, n_between=2, progress=False)
+
+
+def make(tmp_path, **overrides) -> IsingDataModule:
+    return IsingDataModule(**{**SMALL, "data_dir": str(tmp_path), **overrides})
+
+
+def test_sets_have_promised_shape_and_are_independent(tmp_path):
+    data = make(tmp_path, coupling=0.2)
+    data.prepare_data()
+    data.setup("fit")
+    assert data.train_set.spins.shape == (200, 8, 8) and data.train_set.spins.dtype == torch.int8
+    assert data.val_set.spins.shape == (400, 8, 8) and data.val_set.n_chains == 20
+    assert set(data.val_set.spins.unique().tolist()) == {-1, 1}
+    # Different seeds: at K = 0.2 a 64-spin configuration recurs with negligible probability, unless
+    # the two sets came from the same random stream.
+    train = {tuple(row) for row in data.train_set.spins.flatten(1).tolist()}
+    val = {tuple(row) for row in data.val_set.spins.flatten(1).tolist()}
+    assert len(train) == 200 and len(val) == 400 and not train & val
+
+
+def test_cache_is_reused(tmp_path):
+    first = make(tmp_path)
+    first.setup()
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 2
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = make(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again.setup()
+    assert torch.equal(first.train_set.spins, again.train_set.spins)
+    assert torch.equal(first.val_set.spins, again.val_set.spins)
+    assert [f.stat().st_mtime_ns for f in sorted(tmp_path.iterdir())] == stamps
+
+
+def test_cache_key_follows_settings(tmp_path):
+    data = make(tmp_path)
+    assert data.cache_path(200, 0) != make(tmp_path, n_between=3).cache_path(200, 0)
+    assert data.cache_path(200, 0) != make(tmp_path, coupling=0.4).cache_path(200, 0)
+    assert data.cache_path(200, 0) != data.cache_path(200, 5)
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [("truncate", "unreadable"), ("flip_spin", "checksum"), ("garbage", "unreadable")],
+)
+def test_corrupt_cache_is_detected_and_regenerated(tmp_path, damage, reason):
+    good = make(tmp_path)
+    good.setup()
+    path = good.cache_path(200, 0)
+    raw = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a torch file")
+    else:
+        # Overwrite one spin byte inside the stored tensor with the other valid value: only the
+        # checksum can tell.
+        position = raw.find(bytes([1, 1, 1, 1, 255, 255, 255, 255]))
+        position = raw.find(bytes([1]) * 8) if position < 0 else position
+        assert position > 0
+        patched = bytearray(raw)
+        patched[position] = 255 if patched[position] == 1 else 1
+        path.write_bytes(bytes(patched))
+    again = make(tmp_path)
+    with pytest.warns(RuntimeWarning, match=f"corrupt.*{reason}"):
+        again.setup()
+    assert torch.equal(again.train_set.spins, good.train_set.spins)  # same seed, regenerated
+    # ...and the regenerated file is whole again.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(tmp_path).setup()
+
+
+def test_no_temporary_files_left(tmp_path):
+    make(tmp_path).setup()
+    assert all(not name.endswith(".tmp") for name in os.listdir(tmp_path))
+
+
+def test_train_dataloader_batches(tmp_path):
+    data = make(tmp_path, batch_size=16)
+    data.setup()
+    loader = data.train_dataloader()
+    assert len(loader) == 200 // 16
+    epoch_one = list(loader)
+    epoch_two = list(loader)
+    assert len(epoch_one) == len(loader)
+    assert all(b.shape == (16, 8, 8) and b.dtype == torch.float32 for b in epoch_one)
+    assert not torch.equal(torch.cat(epoch_one), torch.cat(epoch_two))  # reshuffled
+    # An epoch draws rows of the set without replacement.
+    available = Counter(tuple(row) for row in data.train_set.spins.float().flatten(1).tolist())
+    drawn = Counter(tuple(row) for row in torch.cat(epoch_one).flatten(1).tolist())
+    assert all(available[row] >= count for row, count in drawn.items())
+    # Same seed, same shuffles.
+    replay = make(tmp_path, batch_size=16)
+    replay.setup()
+    assert torch.equal(torch.cat(list(replay.train_dataloader())), torch.cat(epoch_one))
+
+
+def test_ranks_shard_disjointly():
+    spins = torch.arange(100).float()[:, None, None].expand(100, 2, 2)
+    shards = [ShuffledBatches(spins, 7, seed=3, rank=r, world_size=3) for r in range(3)]
+    assert {len(s) for s in shards} == {33 // 7}
+    seen = [torch.cat(list(s))[:, 0, 0].tolist() for s in shards]
+    flat = [x for shard in seen for x in shard]
+    assert len(flat) == len(set(flat)) == 3 * (33 // 7) * 7
+
+
+@pytest.mark.parametrize(
+    "overrides, name",
+    [
+        (dict(L=7), "L="),
+        (dict(L=2), "L="),
+        (dict(n_train=0), "n_train="),
+        (dict(n_val=-5), "n_val="),
+        (dict(n_chains=0), "n_chains="),
+        (dict(n_chains=10, n_train=100, n_val=100), "n_chains="),
+        (dict(n_train=210), "n_train="),
+        (dict(algorithm="gibbs"), "algorithm="),
+        (dict(n_thermalize=-1), "n_thermalize="),
+        (dict(n_between=0), "n_between="),
+        (dict(batch_size=0), "batch_size="),
+        (dict(train_seed=4, val_seed=4), "train_seed="),
+        (dict(dim=3, algorithm="metropolis-msc"), "algorithm="),
+        (dict(device="quantum"), "device="),
+    ],
+)
+def test_bad_settings_raise_before_sampling(tmp_path, overrides, name):
+    with pytest.raises(ValueError, match=name):
+        make(tmp_path, **overrides)
+    assert not any(tmp_path.iterdir())
+
+
+def test_warns_when_samples_are_correlated(tmp_path):
+    data = make(tmp_path, algorithm="metropolis", n_between=1, L=16)
+    with pytest.warns(RuntimeWarning, match="tau_int"):
+        data.setup()
+
+
+def test_progress_bar_counts():
+    seen = []
+    with progress_bar(10, "test", enabled=False) as update:
+        update(5)
+        seen.append(5)
+    assert seen == [5]
+    with progress_bar(10, "test") as update:
+        update(10)
+
+
+def test_lightning_trainer_consumes_the_loader(tmp_path):
+    import pytorch_lightning as pl
+
+    class Mean(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+            self.batches = []
+
+        def training_step(self, batch, batch_idx):
+            self.batches.append(batch.shape)
+            return ((batch.mean() - self.weight) ** 2).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    model = Mean()
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(model, datamodule=make(tmp_path, batch_size=50))
+    assert model.batches == [torch.Size([50, 8, 8])] * 8
