@@ -4,6 +4,7 @@ Every run writes under tmp_path (outputs, wandb, sample cache), never into the r
 """
 
 import csv
+import warnings
 import importlib.util
 import math
 import os
@@ -160,6 +161,19 @@ class Kill(pl.Callback):
             raise RuntimeError(f"killed at step {self.at_step}")
 
 
+class RecordBatches(pl.Callback):
+    """Appends a fingerprint of every minibatch that completed an update to a text file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        weights = torch.arange(1, batch[0].numel() + 1, dtype=torch.float64).view_as(batch[0])
+        fingerprint = float((batch[0].double() * weights).sum())
+        with open(self.path, "a") as handle:
+            handle.write(f"{fingerprint}\n")
+
+
 def test_resume_after_a_crash_mid_epoch_keeps_step_count_and_history(tmp_path):
     overrides = [
         *TINY,
@@ -167,11 +181,18 @@ def test_resume_after_a_crash_mid_epoch_keeps_step_count_and_history(tmp_path):
         "trainer.max_epochs=3",
         "callbacks.step_checkpoint.every_n_train_steps=5",
     ]
+    record = {"_target_": f"{__name__}.RecordBatches", "path": str(tmp_path / "batches.txt")}
+    # The reference: the same run, uninterrupted.
+    cfg = compose_train(tmp_path, overrides, run="reference")
+    with open_dict(cfg):
+        cfg.callbacks.record = {**record, "path": str(tmp_path / "reference_batches.txt")}
+    train_script.train(cfg)
     # 20 updates an epoch; the run dies at the start of update 35 (mid epoch 2, after the step-35
     # checkpoint of last.ckpt), then resumes from last.ckpt in a new directory.
     cfg = compose_train(tmp_path, overrides, run="crashed")
     with open_dict(cfg):
         cfg.callbacks.kill = {"_target_": f"{__name__}.Kill", "at_step": 35}
+        cfg.callbacks.record = record
     with pytest.raises(RuntimeError, match="killed at step 35"):
         train_script.train(cfg)
     crashed = last_checkpoint(tmp_path / "crashed")
@@ -181,7 +202,16 @@ def test_resume_after_a_crash_mid_epoch_keeps_step_count_and_history(tmp_path):
     cfg = compose_train(
         tmp_path, [*overrides, f"ckpt_path={tmp_path / 'crashed/checkpoints/last.ckpt'}"], "resumed"
     )
-    train_script.train(cfg)
+    with open_dict(cfg):
+        cfg.callbacks.record = record
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*dataloader is not resumable.*")
+        train_script.train(cfg)
+    # The resumed run continues the interrupted epoch's shuffle exactly where it stopped: the
+    # minibatches of crashed + resumed are those of the uninterrupted run, in the same order.
+    assert (tmp_path / "batches.txt").read_text() == (
+        tmp_path / "reference_batches.txt"
+    ).read_text()
     resumed = last_checkpoint(tmp_path / "resumed")
     assert resumed["global_step"] == 3 * 20  # the same number of updates as an uninterrupted run
     history = read_history(tmp_path / "resumed" / "mcrg_history.csv")

@@ -90,6 +90,11 @@ class ShuffledBatches:
     it is the same on every rank and after a restart. Rank ``r`` of ``world_size`` takes every
     ``world_size``-th entry of it; the tail that does not fill a whole batch on every rank is dropped,
     so all ranks run the same number of steps.
+
+    Resumable mid-epoch: ``state_dict()`` records the epoch and how many of its batches were handed
+    out, and after ``load_state_dict()`` the next iteration continues that epoch's permutation where
+    it stopped. (Lightning does not fetch ahead from an iterable that has a length, so a batch handed
+    out is the batch being trained on.)
     """
 
     def __init__(
@@ -108,18 +113,37 @@ class ShuffledBatches:
         self.world_size = world_size
         self._epoch_of = epoch_of
         self._epochs_started = 0
+        self._epoch = 0
+        self._served = 0  # batches handed out in the current epoch
+        self._resume: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return (self.spins.shape[0] // self.world_size) // self.batch_size
 
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "consumed": self._served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = {"epoch": int(state["epoch"]), "consumed": int(state["consumed"])}
+
     def __iter__(self) -> Iterator[torch.Tensor]:
         epoch = self._epoch_of() if self._epoch_of is not None else self._epochs_started
         self._epochs_started += 1
+        skip = 0
+        if self._resume is not None:
+            if self._resume["epoch"] == epoch:
+                skip = min(self._resume["consumed"], len(self))
+            self._resume = None
+        self._epoch, self._served = epoch, skip
+        return self._batches(epoch, skip)
+
+    def _batches(self, epoch: int, skip: int) -> Iterator[torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(self.spins.shape[0], generator=generator)
         per_rank = len(self) * self.batch_size
         mine = order[self.rank :: self.world_size][:per_rank].to(self.spins.device)
-        for start in range(0, per_rank, self.batch_size):
+        for start in range(skip * self.batch_size, per_rank, self.batch_size):
+            self._served += 1
             yield self.spins[mine[start : start + self.batch_size]]
 
 
@@ -347,6 +371,10 @@ class IsingDataModule(pl.LightningDataModule):
         if self.trainer is not None:
             return self.trainer.strategy.root_device
         return self.sampling_device
+
+    def batches_per_epoch(self, world_size: int = 1) -> int:
+        """Minibatches one rank trains on per epoch (the length of :meth:`train_dataloader`)."""
+        return (self.n_train // world_size) // self.batch_size
 
     def train_dataloader(self) -> ShuffledBatches:
         """Shuffled float32 minibatches ``(batch_size, L, ..., L)`` on the training device."""

@@ -149,15 +149,25 @@ class RBMModule(pl.LightningModule):
         }
 
     def steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch on this rank (the schedules count epochs in steps)."""
-        self.trainer.estimated_stepping_batches  # noqa: B018 - loads the train dataloader if needed
-        batches = self.trainer.num_training_batches
+        """Optimizer steps in one epoch on this rank (the schedules count epochs in steps).
+
+        Asked of the data module where it can tell: ``trainer.estimated_stepping_batches`` would set up
+        the training data before a checkpoint is restored, and Lightning then never hands the
+        restored position within the epoch to the data loader.
+        """
+        trainer = self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "batches_per_epoch"):
+            batches = datamodule.batches_per_epoch(trainer.world_size)
+        else:
+            trainer.estimated_stepping_batches  # noqa: B018 - loads the train dataloader
+            batches = trainer.num_training_batches
         if batches == float("inf"):
             raise ValueError(
                 "the training data has no length: the learning-rate schedule needs the number of "
                 "minibatches per epoch"
             )
-        return max(1, -(-int(batches) // self.trainer.accumulate_grad_batches))
+        return max(1, -(-int(batches) // trainer.accumulate_grad_batches))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.chains is not None:
