@@ -4,12 +4,12 @@ Every run writes under tmp_path (outputs, wandb, sample cache), never into the r
 """
 
 import csv
-import warnings
 import importlib.util
 import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
