@@ -16,7 +16,7 @@ import scipy.stats
 import torch
 
 from rbmrg.couplings import CHAIN_NN, EVEN, ODD, Interaction, measure
-from rbmrg.ising import IsingModel, available_algorithms, iterate_samples
+from rbmrg.ising import IsingModel, available_algorithms, draw_samples, iterate_samples
 from rbmrg.mcrg import (
     MCRGAccumulator,
     SingularWarning,
@@ -357,3 +357,28 @@ def test_leading_exponent_rejects_singular_and_nonfinite_input():
 )
 def test_format_value(value, error, text):
     assert format_value(value, error) == text
+
+
+def test_odd_exponent_does_not_depend_on_the_sign_of_the_block_spins():
+    """mu -> -mu after the majority rule is the same RG map: y_h must be unchanged (y_t too)."""
+    model = IsingModel(L=16)
+    spins = draw_samples(
+        model,
+        4000,
+        algorithm=ALGORITHM,
+        n_chains=40,
+        n_thermalize=N_THERMALIZE,
+        n_between=N_BETWEEN,
+        seed=21,
+    ).spins
+    results = []
+    for sign in (1.0, -1.0):
+        flipped = [lambda s, g=None, _m=majority(2), _sign=sign: _sign * _m(s, g)]
+        generator = torch.Generator().manual_seed(5)
+        results.append(
+            run_mcrg(chain_major_batches(spins, 40, 20), flipped, 1, 2.0, generator=generator)
+        )
+    plain, flipped = results
+    assert np.isfinite(flipped.y["odd"][0]).all()
+    np.testing.assert_allclose(flipped.y["odd"], plain.y["odd"], rtol=1e-9)
+    np.testing.assert_allclose(flipped.y["even"], plain.y["even"], rtol=1e-9)

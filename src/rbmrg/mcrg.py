@@ -114,13 +114,16 @@ class MCRGAccumulator:
         """y for every (N_r, N_c) with one block left out (or none): shape (n_levels - 1, n_set)."""
         _, cov = self._moments(leave_out)
         n_set = len(self.sets[set_name])
+        odd = all(
+            len(term) % 2 for interaction in self.sets[set_name] for term in interaction.terms
+        )
         y = np.full((self.n_levels - 1, n_set), np.nan)
         for level in range(self.n_levels - 1):
             for n_c in range(1, n_set + 1):
                 upper = self._index(level + 1, set_name, n_c)
                 lower = self._index(level, set_name, n_c)
                 y[level, n_c - 1] = leading_exponent(
-                    cov[np.ix_(upper, upper)], cov[np.ix_(upper, lower)], scale
+                    cov[np.ix_(upper, upper)], cov[np.ix_(upper, lower)], scale, odd=odd
                 )
         return y
 
@@ -214,8 +217,15 @@ class SingularWarning(UserWarning):
     """An MCRG entry could not be computed (singular A or no real positive eigenvalue)."""
 
 
-def leading_exponent(a: np.ndarray, b: np.ndarray, scale: float) -> float:
-    """y = ln(lambda) / ln(scale), lambda the largest real eigenvalue of T = A^-1 B; NaN if none."""
+def leading_exponent(a: np.ndarray, b: np.ndarray, scale: float, odd: bool = False) -> float:
+    """y = ln(lambda) / ln(scale), lambda the largest real eigenvalue of T = A^-1 B; NaN if none.
+
+    For a Z2-odd set of interactions (``odd=True``) lambda is the real eigenvalue of largest
+    modulus and y = ln|lambda| / ln(scale): a transformation and the same one followed by the global
+    flip mu -> -mu are equally good RG maps (an RBM without biases learns W or -W with equal
+    likelihood), and the flip changes the sign of every odd S^(n+1), hence of B and of T, exactly.
+    Even interactions do not change, so there lambda must be positive.
+    """
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return float("nan")
     try:
@@ -226,8 +236,8 @@ def leading_exponent(a: np.ndarray, b: np.ndarray, scale: float) -> float:
         return float("nan")
     eig = np.linalg.eigvals(t)
     real = eig[np.abs(eig.imag) <= 1e-9 * np.maximum(1.0, np.abs(eig.real))].real
-    real = real[real > 0]
-    if real.size == 0:
+    real = np.abs(real) if odd else real[real > 0]
+    if real.size == 0 or real.max() <= 0:
         return float("nan")
     return math.log(real.max()) / math.log(scale)
 

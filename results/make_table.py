@@ -1,0 +1,107 @@
+"""Our Table 1 beside Chung & Kao's, from the mcrg.json files that evaluate.py wrote.
+
+    python results/make_table.py --learned outputs/evaluate/paper_seed*/mcrg.json \
+        --majority outputs/evaluate/majority/mcrg.json > results/table1.md
+
+For the learned filters (one evaluate.py run per trained filter) it prints each filter's y_t with its
+jackknife error, then the mean over filters with the standard error of that mean (the spread
+between independently trained filters divided by sqrt(n_filters)). The paper's values are quoted
+from its Table 1 for comparison; nothing here is computed from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from rbmrg.mcrg import format_value  # noqa: E402
+
+#: Chung & Kao, Table 1: (value, error) for [N_r - 1][N_c - 1], the optimal (learned) filter.
+PAPER_OPTIMAL = [
+    [(0.9217, 0.0009), (0.9910, 0.0008), (0.9971, 0.0009), (1.0004, 0.0009),
+     (1.0005, 0.0010), (1.0009, 0.0010), (1.0001, 0.0011)],
+    [(0.9281, 0.0008), (0.9875, 0.0008), (0.9977, 0.0008), (1.0020, 0.0010),
+     (1.0032, 0.0011), (1.0018, 0.0010), (1.0016, 0.0010)],
+]  # fmt: skip
+#: Same table, majority rule (Swendsen's values as quoted there).
+PAPER_MAJORITY = [
+    [(0.904, 0.001), (0.966, 0.002), (0.968, 0.002), (0.968, 0.002),
+     (0.968, 0.003), (0.968, 0.003), (0.967, 0.003)],
+    [(0.953, 0.002), (0.998, 0.002), (1.000, 0.002), (0.998, 0.002),
+     (0.997, 0.002), (0.997, 0.002), (0.997, 0.003)],
+]  # fmt: skip
+
+
+def load(paths: list[str]) -> list[dict]:
+    return [json.loads(Path(path).read_text()) for path in paths]
+
+
+def cell(value: float | None, error: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return format_value(value, float("nan") if error is None else error)
+
+
+def mean_over_filters(records: list[dict], n_r: int, n_c: int) -> tuple[float, float]:
+    """Mean of y_t over filters and its standard error from the spread between filters."""
+    values = [r["y_t"][n_r][n_c] for r in records if r["y_t"][n_r][n_c] is not None]
+    if not values:
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(variance / len(values))
+
+
+def table(learned: list[dict], majority: dict | None, labels: list[str]) -> str:
+    n_rs = len(learned[0]["y_t"]) if learned else len(majority["y_t"])
+    header = ["N_r", "N_c"]
+    header += [f"learned {label}" for label in labels]
+    if len(learned) > 1:
+        header.append("learned, mean ± s.e. over filters")
+    header += ["paper optimal"]
+    if majority is not None:
+        header += ["majority (ours)", "majority (paper)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for n_r in range(min(n_rs, 2)):
+        for n_c in range(7):
+            row = [str(n_r + 1), str(n_c + 1)]
+            row += [cell(r["y_t"][n_r][n_c], r["y_t_err"][n_r][n_c]) for r in learned]
+            if len(learned) > 1:
+                row.append(cell(*mean_over_filters(learned, n_r, n_c)))
+            row.append(cell(*PAPER_OPTIMAL[n_r][n_c]))
+            if majority is not None:
+                row.append(cell(majority["y_t"][n_r][n_c], majority["y_t_err"][n_r][n_c]))
+                row.append(cell(*PAPER_MAJORITY[n_r][n_c]))
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--learned", nargs="*", default=[], help="mcrg.json of learned filters")
+    parser.add_argument("--labels", nargs="*", default=None, help="column labels of --learned")
+    parser.add_argument("--majority", default=None, help="mcrg.json of transform=majority")
+    args = parser.parse_args()
+    learned = load(args.learned)
+    majority = load([args.majority])[0] if args.majority else None
+    labels = args.labels or [f"#{i + 1}" for i in range(len(learned))]
+    if len(labels) != len(learned):
+        parser.error("--labels needs one label per --learned file")
+    print(table(learned, majority, labels))
+    for record, label in zip([*learned, majority], [*labels, "majority"], strict=False):
+        if record is None:
+            continue
+        n = record.get("n_samples")
+        print(f"\n{label}: n_samples = {n}, y_h(N_r=1, N_c=7) = "
+              f"{cell(record['y_h'][0][6], record['y_h_err'][0][6])}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
