@@ -382,3 +382,35 @@ def test_odd_exponent_does_not_depend_on_the_sign_of_the_block_spins():
     assert np.isfinite(flipped.y["odd"][0]).all()
     np.testing.assert_allclose(flipped.y["odd"], plain.y["odd"], rtol=1e-9)
     np.testing.assert_allclose(flipped.y["even"], plain.y["even"], rtol=1e-9)
+
+
+def test_cached_level0_values_give_bit_identical_results():
+    """Feeding precomputed level-0 interactions (as MCRGCallback does every epoch) changes nothing."""
+    from rbmrg.mcrg import level0_values
+
+    generator = torch.Generator().manual_seed(11)
+    spins = (torch.randint(0, 2, (600, 16, 16), generator=generator) * 2 - 1).to(torch.int8)
+    cached = level0_values(spins, batch_size=256)
+
+    def result(with_cache: bool):
+        def batches():
+            for start, (rows, blocks) in zip(
+                range(0, 600, 128), chain_major_batches(spins, 60, 20, 128), strict=True
+            ):
+                if with_cache:
+                    yield rows, blocks, cached[start : start + rows.shape[0]]
+                else:
+                    yield rows, blocks
+
+        return run_mcrg(
+            batches(), [majority(2)], 2, 2.0, generator=torch.Generator().manual_seed(12)
+        )
+
+    with pytest.warns(UserWarning):  # the 4x4 level does not hold every interaction
+        plain = result(False)
+    with pytest.warns(UserWarning):
+        fast = result(True)
+    for name in plain.y:
+        np.testing.assert_array_equal(fast.y[name], plain.y[name])
+        np.testing.assert_array_equal(fast.err[name], plain.err[name])
+    assert fast.level0 == plain.level0

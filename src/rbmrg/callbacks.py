@@ -28,7 +28,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from rbmrg import plots
-from rbmrg.mcrg import MCRGResult, chain_major_batches, run_mcrg
+from rbmrg.mcrg import MCRGResult, chain_major_batches, level0_values, run_mcrg
 from rbmrg.rbm import ConvRBM
 from rbmrg.transforms import rbm as rbm_transform
 
@@ -99,6 +99,8 @@ class MCRGCallback(pl.Callback):
         self.filter_images = filter_images
         self.history: list[dict[str, float]] = []
         self.filters: dict[int, torch.Tensor] = {}  # epoch -> filter (cpu), for the Fig. 1 panel
+        # Level-0 interactions of the held-out set: the same every epoch, so measured once.
+        self._level0: tuple[Any, torch.Tensor, torch.Tensor] | None = None
 
     # ---------------------------------------------------------------------------------------------
     # State: the history survives a resume from a checkpoint.
@@ -150,9 +152,14 @@ class MCRGCallback(pl.Callback):
         generator = torch.Generator(device=device)
         generator.manual_seed(self.seed)
 
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        level0 = self._level0_values(spins, device)
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            start = 0
             for rows, blocks in chain_major_batches(spins, n_chains, n_blocks, self.batch_size):
-                yield rows.to(device), blocks.to(device)
+                cached = level0[start : start + rows.shape[0]]
+                start += rows.shape[0]
+                yield rows.to(device), blocks.to(device), cached
 
         with warnings.catch_warnings():
             # Couplings that do not fit the small levels come back as NaN; not news every epoch.
@@ -165,6 +172,19 @@ class MCRGCallback(pl.Callback):
                 n_blocks=n_blocks,
                 generator=generator,
             )
+
+    def _level0_values(self, spins: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Level-0 interactions of ``spins`` (float64, on ``device``), measured on the first call.
+
+        Cached for the same data (same memory, shape and version counter, i.e. not modified in
+        place) and device; the cache holds a reference to ``spins`` so that its memory cannot be
+        reused by another tensor while the key is kept.
+        """
+        key = (spins.data_ptr(), tuple(spins.shape), spins._version, str(device))
+        if self._level0 is None or self._level0[0] != key:
+            values = level0_values(spins.to(device), batch_size=self.batch_size)
+            self._level0 = (key, values, spins)
+        return self._level0[1]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:

@@ -68,11 +68,31 @@ class MCRGAccumulator:
         # cancelling catastrophically when <S>^2 >> Var(S).
         self.shift: torch.Tensor | None = None
 
-    def update(self, levels: list[torch.Tensor], blocks: torch.Tensor | int) -> None:
-        """Add one batch. ``levels[n]`` is (batch, L_n, ..., L_n); ``blocks`` the block of each row."""
+    def update(
+        self,
+        levels: list[torch.Tensor],
+        blocks: torch.Tensor | int,
+        level0_values: torch.Tensor | None = None,
+    ) -> None:
+        """Add one batch. ``levels[n]`` is (batch, L_n, ..., L_n); ``blocks`` the block of each row.
+
+        ``level0_values``, if given, are the interactions of ``levels[0]`` measured beforehand
+        (``measure(levels[0], acc.interactions)``, shape (batch, width)): a caller that runs MCRG
+        again and again on the same configurations measures level 0 only once.
+        """
         if len(levels) != self.n_levels:
             raise ValueError(f"got {len(levels)} levels, the accumulator has {self.n_levels}")
-        values = torch.cat([measure(level, self.interactions) for level in levels], 1)
+        if level0_values is None:
+            level0_values = measure(levels[0], self.interactions)
+        elif level0_values.shape != (levels[0].shape[0], self.width):
+            raise ValueError(
+                f"level0_values has shape {tuple(level0_values.shape)}, expected "
+                f"({levels[0].shape[0]}, {self.width})"
+            )
+        measured = [level0_values.to(levels[0].device, torch.float64)]
+        values = torch.cat(
+            measured + [measure(level, self.interactions) for level in levels[1:]], 1
+        )
         values = values.to(self.device)
         batch = values.shape[0]
         if isinstance(blocks, int):
@@ -278,7 +298,7 @@ def chain_blocks(n_chains: int, n_blocks: int, device: torch.device | str = "cpu
 
 
 def run_mcrg(
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[torch.Tensor, ...]],
     transforms: list[Transform],
     n_rg_steps: int,
     scale: float,
@@ -287,15 +307,36 @@ def run_mcrg(
     sets: dict[str, tuple[Interaction, ...]] | None = None,
     generator: torch.Generator | None = None,
 ) -> MCRGResult:
-    """MCRG over ``batches`` of ``(spins, block_index)``: transform, measure, accumulate, solve."""
+    """MCRG over ``batches`` of ``(spins, block_index)``: transform, measure, accumulate, solve.
+
+    A batch may also be ``(spins, block_index, level0_values)`` with the interactions of ``spins``
+    measured beforehand (see :meth:`MCRGAccumulator.update` and :func:`level0_values`).
+    """
     acc: MCRGAccumulator | None = None
-    for spins, blocks in batches:
+    for spins, blocks, *cached in batches:
         if acc is None:
             acc = MCRGAccumulator(n_rg_steps + 1, n_blocks, sets, device=spins.device)
-        acc.update(iterate(spins, transforms, n_rg_steps, generator), blocks)
+        levels = iterate(spins, transforms, n_rg_steps, generator)
+        acc.update(levels, blocks, cached[0] if cached else None)
     if acc is None:
         raise ValueError("no configurations given to MCRG")
     return summarize(acc, scale)
+
+
+def level0_values(
+    spins: torch.Tensor,
+    sets: dict[str, tuple[Interaction, ...]] | None = None,
+    batch_size: int = 4096,
+) -> torch.Tensor:
+    """Interactions of every configuration of ``spins`` in :class:`MCRGAccumulator`'s column order
+    (the sets' interactions, concatenated): shape (n, width), float64, for ``run_mcrg`` batches."""
+    interactions = tuple(i for s in (DEFAULT_SETS if sets is None else sets).values() for i in s)
+    return torch.cat(
+        [
+            measure(spins[start : start + batch_size], interactions)
+            for start in range(0, spins.shape[0], batch_size)
+        ]
+    )
 
 
 def chain_major_batches(

@@ -18,6 +18,13 @@ Chains start at the minibatch (CD-k) or, with ``persistent=True``, continue from
 step left them (persistent CD / PCD, Tieleman 2008): the module keeps one chain per minibatch slot, the
 i-th configuration of every minibatch is paired with chain i. The chains start from the first
 minibatch and are saved in checkpoints.
+
+Two implementations of the same update (``backend``): ``"torch"``, the readable reference
+(``ConvRBM.gibbs`` and ``ConvRBM.free_energy`` with autograd, any device), and ``"numba"``, the fused
+CPU kernel of :mod:`rbmrg.fast_rbm` (the whole Gibbs chain and the CD gradient in one compiled call,
+handed to autograd through :class:`rbmrg.fast_rbm.SurrogateLoss`). ``"auto"`` takes numba for 2D
+lattices on the CPU and torch otherwise. Both draw their random numbers from torch's generator, so
+``seed_everything`` reproduces a run of either; the two do not draw the same chains.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ import torch.nn.functional as F
 from rbmrg.rbm import ConvRBM
 from rbmrg.schedules import Schedule, SqrtDecay
 
+BACKENDS = ("auto", "torch", "numba")
+#: Per-step attributes that are never parameters, modules or buffers (see RBMModule.__setattr__).
+_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_gap_sum", "_gap_count"})
+
 
 class RBMModule(pl.LightningModule):
     """CD-k (or persistent CD-k) training of a :class:`ConvRBM` with Adam.
@@ -44,6 +55,7 @@ class RBMModule(pl.LightningModule):
         persistent: keep the Gibbs chains between updates (PCD) instead of restarting at the data.
         schedule: learning-rate law (:mod:`rbmrg.schedules`); default the paper's square-root decay.
         betas: Adam's (beta1, beta2).
+        backend: ``"torch"`` (reference, default), ``"numba"`` (fused CPU kernel) or ``"auto"``.
 
     The filter is the attribute ``rbm`` (state-dict key ``rbm.weight``); ``filter_size`` and ``stride``
     are saved as hyper-parameters so a checkpoint alone rebuilds the transformation.
@@ -58,12 +70,15 @@ class RBMModule(pl.LightningModule):
         persistent: bool = False,
         schedule: Schedule | Mapping | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
+        backend: str = "torch",
     ):
         super().__init__()
         if not isinstance(cd_k, int) or isinstance(cd_k, bool) or cd_k < 1:
             raise ValueError(
                 f"model.cd_k={cd_k!r}: contrastive divergence needs k >= 1 Gibbs steps"
             )
+        if backend not in BACKENDS:
+            raise ValueError(f"model.backend={backend!r}: expected one of {', '.join(BACKENDS)}")
         # The schedule object is not a plain value: keep it out of the checkpoint (the full Hydra
         # config is logged with the run instead).
         self.save_hyperparameters(ignore=["schedule"], logger=False)
@@ -73,6 +88,15 @@ class RBMModule(pl.LightningModule):
         self.chains: torch.Tensor | None = None  # persistent chains, (batch_size, L, ..., L)
         self._gap_sum: torch.Tensor | None = None  # on-device running sum, no host sync per step
         self._gap_count = 0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets ``_current_fx_name`` around every hook call, ~45 times per update, and
+        # nn.Module.__setattr__ spends ~4 us each on checking whether the value is a parameter,
+        # module or buffer (~0.2 ms per update). These attributes never are: store them directly.
+        if name in _PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     # ---------------------------------------------------------------------------------------------
     # Physics hooks
@@ -94,6 +118,16 @@ class RBMModule(pl.LightningModule):
 
     def contrastive_divergence(self, spins: torch.Tensor) -> torch.Tensor:
         """The surrogate loss mean F(data) - mean F(chain end); its gradient is the CD-k gradient."""
+        if self.uses_fused_kernel(spins):
+            from rbmrg import fast_rbm
+
+            start = self.chain_start(spins) if self.hparams.persistent else None
+            loss, chain_end = fast_rbm.contrastive_divergence(
+                self.rbm.weight, spins, start, self.rbm.stride, self.hparams.cd_k
+            )
+            if self.hparams.persistent:
+                self.chains[: spins.shape[0]] = chain_end
+            return loss
         with torch.no_grad():
             chain_end = self.rbm.gibbs(self.chain_start(spins), self.hparams.cd_k)
             if self.hparams.persistent:
@@ -102,6 +136,19 @@ class RBMModule(pl.LightningModule):
         # One pass over data and chain end together: one convolution and one backward instead of two.
         free_energy = self.rbm.free_energy(torch.cat([spins, chain_end]))
         return free_energy[:n].mean() - free_energy[n:].mean()
+
+    def uses_fused_kernel(self, spins: torch.Tensor) -> bool:
+        """Whether this update runs the numba kernel (see ``backend``) on the batch ``spins``."""
+        backend = self.hparams.get("backend", "torch")
+        if backend == "torch":
+            return False
+        fits = spins.device.type == "cpu" and spins.ndim == 3 and spins.shape[1] == spins.shape[2]
+        if backend == "numba" and not fits:
+            raise ValueError(
+                f"model.backend=numba runs on square 2D lattices on the CPU only, got a batch of "
+                f"shape {tuple(spins.shape)} on {spins.device}; use backend=auto or torch"
+            )
+        return fits
 
     @torch.no_grad()
     def reconstruction_cross_entropy(self, spins: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,125 @@
+"""The fused numba CD kernel (:mod:`rbmrg.fast_rbm`) against the torch reference and exact results."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from test_module import Batches
+from test_rbm import L, all_states, chi_square_pvalue, dense_weights, make_rbm
+
+from rbmrg import fast_rbm
+from rbmrg.module import RBMModule
+
+GEOMETRIES = [(32, 8, 2), (4, 3, 2), (8, 1, 2), (9, 2, 3), (5, 3, 1), (6, 6, 2), (10, 7, 2)]
+
+
+@pytest.mark.parametrize("size, filter_size, stride", GEOMETRIES)
+@pytest.mark.parametrize("persistent", [False, True])
+def test_free_energies_and_gradient_equal_the_torch_path(size, filter_size, stride, persistent):
+    """For the chain end the kernel returns, F(data), F(chain end) and the CD gradient agree with
+    ConvRBM.free_energy and autograd in float64 to rounding."""
+    model = make_rbm(filter_size, stride, scale=0.3, seed=size)
+    generator = torch.Generator().manual_seed(size)
+    data = (torch.randint(0, 2, (5, size, size), generator=generator) * 2 - 1).double()
+    start = (torch.randint(0, 2, data.shape, generator=generator) * 2 - 1).double()
+    result = fast_rbm.cd_update(model.weight, data, start if persistent else None, stride, 2, 7)
+    chain_end = result["chain_end"]
+    assert set(chain_end.unique().tolist()) <= {-1.0, 1.0}
+    free_data, free_chain = model.free_energy(data), model.free_energy(chain_end)
+    loss = free_data.mean() - free_chain.mean()
+    loss.backward()
+    tight = {"rtol": 1e-12, "atol": 1e-11}
+    torch.testing.assert_close(result["free_data"], free_data.detach(), **tight)
+    torch.testing.assert_close(result["free_chain"], free_chain.detach(), **tight)
+    torch.testing.assert_close(result["grad"], model.weight.grad, **tight)
+    torch.testing.assert_close(result["loss"], loss.detach(), **tight)
+
+
+def test_surrogate_loss_hands_the_gradient_to_autograd():
+    model = make_rbm(3, 2, scale=0.3)
+    data = (
+        torch.randint(0, 2, (4, 8, 8), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ).double()
+    torch.manual_seed(5)
+    loss, chain_end = fast_rbm.contrastive_divergence(model.weight, data, None, 2, 3)
+    (3.0 * loss).backward()  # the incoming gradient (e.g. loss scaling) is respected
+    reference = model.weight.grad.clone()
+    model.zero_grad()
+    (3.0 * (model.free_energy(data).mean() - model.free_energy(chain_end).mean())).backward()
+    torch.testing.assert_close(reference, model.weight.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_the_same_seed_gives_the_same_chains():
+    model = make_rbm(4, 2, scale=0.5)
+    data = torch.randint(0, 2, (6, 8, 8)).double() * 2 - 1
+    first = fast_rbm.cd_update(model.weight, data, None, 2, 3, 99)["chain_end"]
+    again = fast_rbm.cd_update(model.weight, data, None, 2, 3, 99)["chain_end"]
+    other = fast_rbm.cd_update(model.weight, data, None, 2, 3, 100)["chain_end"]
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_one_gibbs_step_follows_the_exact_conditionals(dtype):
+    """Joint frequencies of the 4 block spins mu and a 2x2 patch of sigma' after one step from a
+    fixed sigma (256 states) against P(mu | sigma) P(patch | mu), both from the dense W (Eq. 3)."""
+    model = make_rbm(3, scale=0.5)
+    generator = torch.Generator().manual_seed(1)
+    sigma = (torch.randint(0, 2, (1, L, L), generator=generator) * 2 - 1).double()
+    dense = dense_weights(model.weight.detach(), L, 2)
+    hidden = all_states(4)
+    p_mu = torch.softmax(sigma.flatten(1) @ dense @ hidden.T, dim=1)[0]  # (16,)
+    patch = [0, 1, L, L + 1]  # sites (0,0), (0,1), (1,0), (1,1)
+    up = torch.sigmoid(2.0 * hidden @ dense.T)[:, patch]  # (16 mu, 4 sites): P(sigma_i = +1 | mu)
+    patch_states = all_states(4) > 0  # (16, 4) in the same bit order
+    p_patch = torch.where(patch_states[None], up[:, None], 1 - up[:, None]).prod(-1)  # (16, 16)
+    exact = (p_mu[:, None] * p_patch).flatten()  # code = 16 * mu_code + patch_code
+    n_draws = 500_000
+    result = fast_rbm.cd_update(
+        model.weight.detach().to(dtype), sigma.expand(n_draws, L, L).to(dtype), None, 2, 1, 3
+    )
+    mu = result["block_spins"].flatten(1)
+    mu_codes = ((mu > 0).long() << torch.arange(4)).sum(1)
+    sites = result["chain_end"].flatten(1)[:, patch]
+    patch_codes = ((sites > 0).long() << torch.arange(4)).sum(1)
+    assert chi_square_pvalue(16 * mu_codes + patch_codes, exact) > 1e-3
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_lightning_runs_the_numba_backend_reproducibly(tmp_path, persistent):
+    spins = torch.randint(0, 2, (40, 8, 8), generator=torch.Generator().manual_seed(0)) * 2.0 - 1
+
+    def train() -> RBMModule:
+        pl.seed_everything(3, verbose=False)
+        module = RBMModule(filter_size=4, stride=2, persistent=persistent, backend="numba")
+        initial.append(module.rbm.weight.detach().clone())
+        trainer = pl.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(module, train_dataloaders=Batches(spins, 10))
+        return module
+
+    initial: list[torch.Tensor] = []
+    first, second = train(), train()
+    assert first.uses_fused_kernel(spins)
+    assert not torch.equal(first.rbm.weight.detach(), initial[0])  # Adam moved the filter
+    torch.testing.assert_close(first.rbm.weight, second.rbm.weight, rtol=0, atol=0)
+    if persistent:
+        assert torch.equal(first.chains, second.chains)
+
+
+def test_backend_setting_is_checked():
+    with pytest.raises(ValueError, match="model.backend"):
+        RBMModule(backend="jax")
+    module = RBMModule(backend="auto")
+    assert module.uses_fused_kernel(torch.ones(2, 8, 8))
+    assert not module.uses_fused_kernel(torch.ones(2, 8))  # a chain: the torch path
+    assert not RBMModule().uses_fused_kernel(torch.ones(2, 8, 8))
+    with pytest.raises(ValueError, match="backend=numba"):
+        RBMModule(backend="numba").uses_fused_kernel(torch.ones(2, 8))
