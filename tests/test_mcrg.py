@@ -372,8 +372,9 @@ def test_odd_exponent_does_not_depend_on_the_sign_of_the_block_spins():
         seed=21,
     ).spins
     results = []
+    rule = majority(2)
     for sign in (1.0, -1.0):
-        flipped = [lambda s, g=None, _m=majority(2), _sign=sign: _sign * _m(s, g)]
+        flipped = [lambda s, g=None, _sign=sign: _sign * rule(s, g)]
         generator = torch.Generator().manual_seed(5)
         results.append(
             run_mcrg(chain_major_batches(spins, 40, 20), flipped, 1, 2.0, generator=generator)
