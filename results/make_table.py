@@ -59,9 +59,11 @@ def cell(value: float | None, error: float | None) -> str:
     return format_value(value, float("nan") if error is None else error)
 
 
-def mean_over_filters(records: list[dict], n_r: int, n_c: int) -> tuple[float, float]:
-    """Mean of y_t over filters and its standard error from the spread between filters."""
-    values = [r["y_t"][n_r][n_c] for r in records if r["y_t"][n_r][n_c] is not None]
+def mean_over_filters(
+    records: list[dict], n_r: int, n_c: int, key: str = "y_t"
+) -> tuple[float, float]:
+    """Mean of an exponent over filters and its standard error from the spread between filters."""
+    values = [r[key][n_r][n_c] for r in records if r[key][n_r][n_c] is not None]
     if not values:
         return float("nan"), float("nan")
     mean = sum(values) / len(values)
@@ -71,26 +73,30 @@ def mean_over_filters(records: list[dict], n_r: int, n_c: int) -> tuple[float, f
     return mean, math.sqrt(variance / len(values))
 
 
-def table(learned: list[dict], majority: dict | None, labels: list[str]) -> str:
-    n_rs = len(learned[0]["y_t"]) if learned else len(majority["y_t"])
+def table(learned: list[dict], majority: dict | None, labels: list[str], key: str = "y_t") -> str:
+    """Markdown table of ``key`` (y_t, or y_h which the paper does not report)."""
+    paper = key == "y_t"
+    n_rs = len(learned[0][key]) if learned else len(majority[key])
     header = ["N_r", "N_c"]
     header += [f"learned {label}" for label in labels]
     if len(learned) > 1:
         header.append("learned, mean ± s.e. over filters")
-    header += ["paper optimal"]
+    header += ["paper optimal"] if paper else []
     if majority is not None:
-        header += ["majority (ours)", "majority (paper)"]
+        header += ["majority (ours)"] + (["majority (paper)"] if paper else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for n_r in range(min(n_rs, 2)):
         for n_c in range(7):
             row = [str(n_r + 1), str(n_c + 1)]
-            row += [cell(r["y_t"][n_r][n_c], r["y_t_err"][n_r][n_c]) for r in learned]
+            row += [cell(r[key][n_r][n_c], r[f"{key}_err"][n_r][n_c]) for r in learned]
             if len(learned) > 1:
-                row.append(cell(*mean_over_filters(learned, n_r, n_c)))
-            row.append(PAPER_OPTIMAL[n_r][n_c])
+                row.append(cell(*mean_over_filters(learned, n_r, n_c, key)))
+            if paper:
+                row.append(PAPER_OPTIMAL[n_r][n_c])
             if majority is not None:
-                row.append(cell(majority["y_t"][n_r][n_c], majority["y_t_err"][n_r][n_c]))
-                row.append(PAPER_MAJORITY[n_r][n_c])
+                row.append(cell(majority[key][n_r][n_c], majority[f"{key}_err"][n_r][n_c]))
+                if paper:
+                    row.append(PAPER_MAJORITY[n_r][n_c])
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -100,19 +106,14 @@ def main() -> None:
     parser.add_argument("--learned", nargs="*", default=[], help="mcrg.json of learned filters")
     parser.add_argument("--labels", nargs="*", default=None, help="column labels of --learned")
     parser.add_argument("--majority", default=None, help="mcrg.json of transform=majority")
+    parser.add_argument("--exponent", default="y_t", choices=["y_t", "y_h"])
     args = parser.parse_args()
     learned = load(args.learned)
     majority = load([args.majority])[0] if args.majority else None
     labels = args.labels or [f"#{i + 1}" for i in range(len(learned))]
     if len(labels) != len(learned):
         parser.error("--labels needs one label per --learned file")
-    print(table(learned, majority, labels))
-    for record, label in zip([*learned, majority], [*labels, "majority"], strict=False):
-        if record is None:
-            continue
-        n = record.get("n_samples")
-        print(f"\n{label}: n_samples = {n}, y_h(N_r=1, N_c=7) = "
-              f"{cell(record['y_h'][0][6], record['y_h_err'][0][6])}")  # fmt: skip
+    print(table(learned, majority, labels, args.exponent))
 
 
 if __name__ == "__main__":
