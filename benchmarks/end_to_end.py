@@ -20,12 +20,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "end_to_end.jsonl"
@@ -68,7 +69,7 @@ def main() -> None:
     seconds = {name: timed(command, env) for name, command in steps.items()}
     record = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "cores": os.cpu_count(),
         "threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")},
         "quick": args.quick,

@@ -26,12 +26,12 @@ import datetime
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
 import numba
 import torch
+from common import cpu_model
 
 from rbmrg.ising import IsingModel, autocorrelation_time, draw_samples, make_sampler
 
@@ -44,16 +44,6 @@ CPU_CASES = [
     ("metropolis-msc", 1024, (256, 2000, 2)),
     ("wolff", 256, (128, 1000, 1)),
 ]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sweep_rate(model, algorithm, device, n_chains, seconds) -> tuple[float, dict]:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from common import cpu_model
 
 from rbmrg.callbacks import MCRGCallback
 from rbmrg.module import RBMModule
@@ -193,7 +194,7 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {
             "node": platform.node(),
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -253,16 +254,6 @@ def main() -> None:
         for record in records:
             handle.write(json.dumps(record) + "\n")
     print(f"appended {len(records)} line(s) to {RESULTS}")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
