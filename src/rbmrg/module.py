@@ -169,7 +169,7 @@ class RBMModule(pl.LightningModule):
         self._gap_count += 1
         # Log only on the steps the logger writes: self.log costs host time, and the metrics below
         # need extra passes over the batch.
-        if self.trainer._logger_connector.should_update_logs:
+        if self._logger_writes_this_step():
             self.log_dict(
                 {
                     "train/free_energy_gap": gap,
@@ -181,6 +181,14 @@ class RBMModule(pl.LightningModule):
                 on_epoch=False,
             )
         return loss
+
+    def _logger_writes_this_step(self) -> bool:
+        # Lightning's own decision (private API, stable through 2.x); the public fallback is the
+        # same rule for plain step logging.
+        connector = getattr(self.trainer, "_logger_connector", None)
+        if connector is not None and hasattr(connector, "should_update_logs"):
+            return bool(connector.should_update_logs)
+        return (self.trainer.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0
 
     def on_train_epoch_end(self) -> None:
         if self._gap_count:
