@@ -106,7 +106,7 @@ def _transforms(
         b = _integer(cfg.block_size, "block_size", 2)
         return name, [fixed[name](b)], b, [], []
     if name != "rbm":
-        raise ValueError(f"transform={name!r}: unknown; choose one of ['rbm', *{sorted(fixed)}]")
+        raise ValueError(f"transform={name!r}: unknown; choose one of {['rbm', *sorted(fixed)]}")
     paths = cfg.get("ckpt_path")
     if paths is None:
         raise ValueError(
