@@ -31,9 +31,9 @@ def train(cfg: DictConfig) -> float | None:
             torch.set_num_threads(int(cfg.threads))
         pl.seed_everything(cfg.seed, workers=True)
         # Bad settings fail here, naming the setting, before any Monte Carlo sampling starts.
+        datamodule = instantiate(cfg.data)  # checks the lattice and sampler settings, samples nothing
         model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
         model.check_lattice(cfg.data.L)
-        datamodule = instantiate(cfg.data)
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
         if cfg.get("mcrg"):
             callbacks.append(instantiate(cfg.mcrg))
