@@ -8,7 +8,7 @@ import torch
 
 from rbmrg.ising import IsingModel, draw_samples
 from rbmrg.module import RBMModule
-from rbmrg.schedules import Constant, SqrtDecay, TorchSchedule
+from rbmrg.schedules import Constant, SqrtDecay, SqrtInterpolation, TorchSchedule
 
 
 def ordered_samples(n: int = 200, L: int = 8) -> torch.Tensor:
@@ -122,6 +122,23 @@ def test_sqrt_decay_reaches_lr_final_at_epoch_25_and_stays():
     assert inv_sq[2] - inv_sq[1] == pytest.approx(inv_sq[1] - inv_sq[0])
     lrs = [schedule.learning_rate(t, steps) for t in range(0, 50 * steps, 97)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_sqrt_interpolation_reaches_lr_final_and_has_more_area_than_sqrt_decay():
+    steps = 1000
+    interp = SqrtInterpolation(lr=1e-3, lr_final=1e-4, decay_epochs=25)
+    decay = SqrtDecay(lr=1e-3, lr_final=1e-4, decay_epochs=25)
+    assert interp.learning_rate(0, steps) == pytest.approx(1e-3)
+    assert interp.learning_rate(25 * steps, steps) == pytest.approx(1e-4)
+    assert interp.learning_rate(40 * steps, steps) == pytest.approx(1e-4)
+    # lr(0) - lr(t) grows as sqrt(t): quadrupling t doubles the drop.
+    drop = [1e-3 - interp.learning_rate(t, steps) for t in (1000, 4000)]
+    assert drop[1] == pytest.approx(2 * drop[0])
+    # Areas over the decay, in units of lr * T: 1 - 0.9 * 2/3 = 0.4 and 2 (sqrt(100) - 1) / 99.
+    area = [sum(s.learning_rate(t, steps) for t in range(25 * steps)) / (1e-3 * 25 * steps)
+            for s in (interp, decay)]  # fmt: skip
+    assert area[0] == pytest.approx(0.4, rel=1e-3)
+    assert area[1] == pytest.approx(18 / 99, rel=1e-2)
 
 
 def test_schedule_drives_the_optimizer_inside_lightning(tmp_path):
