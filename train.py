@@ -31,7 +31,10 @@ def train(cfg: DictConfig) -> float | None:
             torch.set_num_threads(int(cfg.threads))
         pl.seed_everything(cfg.seed, workers=True)
         # Bad settings fail here, naming the setting, before any Monte Carlo sampling starts.
-        datamodule = instantiate(cfg.data)  # checks the lattice and sampler settings, samples nothing
+        _refuse_to_overwrite(cfg)
+        datamodule = instantiate(
+            cfg.data
+        )  # checks the lattice and sampler settings, samples nothing
         model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
         model.check_lattice(cfg.data.L)
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
@@ -46,6 +49,16 @@ def train(cfg: DictConfig) -> float | None:
         return None if value is None else float(value)
     finally:
         wandb.finish()  # every multirun job is its own wandb run, even after an error
+
+
+def _refuse_to_overwrite(cfg: DictConfig) -> None:
+    """A fresh run must not write its checkpoints over those of an earlier run in the same directory."""
+    checkpoints = Path(cfg.output_dir) / "checkpoints"
+    if not cfg.get("ckpt_path") and checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+        raise FileExistsError(
+            f"output_dir={cfg.output_dir} already holds checkpoints of an earlier run: choose another "
+            "hydra.run.dir, or resume that run with ckpt_path=<its last.ckpt>"
+        )
 
 
 def _tracking(logger: DictConfig) -> DictConfig:

@@ -238,3 +238,13 @@ def test_bad_settings_fail_before_sampling(tmp_path, override, message):
     with pytest.raises(Exception, match=message):
         train_script.train(cfg)
     assert not (tmp_path / "data").exists()  # no Monte Carlo sampling was started
+
+
+def test_a_fresh_run_does_not_overwrite_an_earlier_runs_checkpoints(tmp_path):
+    cfg = compose_train(tmp_path, [*TINY, "logger=none", "trainer.max_epochs=1"])
+    train_script.train(cfg)
+    before = (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes()
+    cfg = compose_train(tmp_path, [*TINY, "logger=none", "trainer.max_epochs=1"])
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        train_script.train(cfg)
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes() == before
