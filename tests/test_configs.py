@@ -72,7 +72,7 @@ def test_sweep_experiment_is_a_multirun_over_filter_size_and_schedule(tmp_path):
     assert cfg.hydra.mode.name == "MULTIRUN"
     params = cfg.hydra.sweeper.params
     assert set(params) == {"model.filter_size", "schedule"}
-    assert params.schedule == "constant,sqrt_decay"
+    assert params.schedule == "sqrt_interp,sqrt_decay"
 
 
 @pytest.mark.parametrize(
@@ -80,6 +80,7 @@ def test_sweep_experiment_is_a_multirun_over_filter_size_and_schedule(tmp_path):
     [
         ("schedule", "constant"),
         ("schedule", "sqrt_decay"),
+        ("schedule", "sqrt_interp"),
         ("schedule", "exponential"),
         ("logger", "wandb"),
         ("logger", "csv"),
