@@ -36,6 +36,7 @@ import rbmrg
 from rbmrg import transforms as rg
 from rbmrg.checkpoint import load_rbm
 from rbmrg.couplings import EVEN, ODD, Interaction, interaction_names
+from rbmrg.data import progress_display
 from rbmrg.ising import (
     IsingModel,
     bond_sum,
@@ -226,25 +227,7 @@ def make_plan(cfg: DictConfig) -> Plan:
 
 def _progress(enabled: bool):
     """A rich progress display (or a no-op stand-in when disabled)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("samples"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
+    return progress_display("samples", enabled=enabled)
 
 
 def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
