@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from test_module import Batches
+from test_module import fit
 from test_rbm import L, all_states, chi_square_pvalue, dense_weights, make_rbm
 
 from rbmrg import fast_rbm
@@ -93,16 +93,7 @@ def test_lightning_runs_the_numba_backend_reproducibly(tmp_path, persistent):
         pl.seed_everything(3, verbose=False)
         module = RBMModule(filter_size=4, stride=2, persistent=persistent, backend="numba")
         initial.append(module.rbm.weight.detach().clone())
-        trainer = pl.Trainer(
-            max_epochs=1,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-        )
-        trainer.fit(module, train_dataloaders=Batches(spins, 10))
+        fit(module, spins, epochs=1, tmp_path=tmp_path)
         return module
 
     initial: list[torch.Tensor] = []

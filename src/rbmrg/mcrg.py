@@ -169,9 +169,7 @@ class MCRGAccumulator:
             for n_c in range(1, n_set + 1):
                 index = self._index(level, set_name, n_c) + self._index(level + 1, set_name, n_c)
                 mask[level, n_c - 1] = valid[index].all()
-        bad = [
-            (int(level) + 1, int(n_c) + 1) for level, n_c in zip(*np.nonzero(~mask), strict=True)
-        ]
+        bad = _entries(~mask)
         if bad:
             warnings.warn(
                 f"MCRG {set_name}: interactions do not fit the lattice at (N_r, N_c) = {bad} "
@@ -188,24 +186,17 @@ class MCRGAccumulator:
         err[~mask] = np.nan
         singular = np.isnan(full) & mask
         if singular.any():
-            where = [
-                (int(level) + 1, int(n_c) + 1)
-                for level, n_c in zip(*np.nonzero(singular), strict=True)
-            ]
             warnings.warn(
                 f"MCRG {set_name}: singular A matrix or no real positive eigenvalue at "
-                f"(N_r, N_c) = {where}; reported as NaN",
+                f"(N_r, N_c) = {_entries(singular)}; reported as NaN",
                 SingularWarning,
                 stacklevel=2,
             )
         no_error = np.isfinite(full) & ~np.isfinite(err)
         if no_error.any():
-            where = [
-                (int(level) + 1, int(n_c) + 1)
-                for level, n_c in zip(*np.nonzero(no_error), strict=True)
-            ]
             warnings.warn(
-                f"MCRG {set_name}: some jackknife samples are singular at (N_r, N_c) = {where}; "
+                f"MCRG {set_name}: some jackknife samples are singular at "
+                f"(N_r, N_c) = {_entries(no_error)}; "
                 "the error bar is reported as NaN",
                 SingularWarning,
                 stacklevel=2,
@@ -231,6 +222,11 @@ class MCRGAccumulator:
             }
             for i, interaction in enumerate(self.sets[set_name])
         ]
+
+
+def _entries(where: np.ndarray) -> list[tuple[int, int]]:
+    """The (N_r, N_c) labels of the True entries of a (level, n_c - 1) mask, for warnings."""
+    return [(int(level) + 1, int(n_c) + 1) for level, n_c in zip(*np.nonzero(where), strict=True)]
 
 
 class SingularWarning(UserWarning):
