@@ -7,7 +7,7 @@ Fresh configurations are drawn with the evaluation's own seed (``sampler.seed``)
 ``mcrg.n_rg_steps`` times and measured on the fly (nothing but float64 sums is kept, so memory does
 not grow with ``mcrg.n_samples``). The thermal exponent y_t comes from the even interactions, the
 magnetic exponent y_h from the odd ones, for N_c = 1..7 and N_r = 1..n_rg_steps, with jackknife
-errors over ``mcrg.n_blocks`` blocks of independent chains (see ``rbmrg.mcrg`` and docs/mcrg.md).
+errors over ``mcrg.n_blocks`` blocks of independent chains (see ``rbmrg.rg.mcrg`` and docs/mcrg.md).
 
 Every setting is checked before any sampling. Output, in the Hydra run directory only:
 ``mcrg.json`` (all numbers, settings, tau_int, wall time), ``mcrg.csv`` and ``table1.md``.
@@ -33,20 +33,14 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import rbmrg
-from rbmrg import transforms as rg
 from rbmrg.checkpoint import load_rbm
-from rbmrg.couplings import EVEN, ODD, Interaction, interaction_names
-from rbmrg.data import progress_display
-from rbmrg.ising import (
-    IsingModel,
-    bond_sum,
-    check_algorithm,
-    integrated_autocorrelation_time,
-    iterate_samples,
-    magnetization,
-    make_sampler,
-)
-from rbmrg.mcrg import MCRGAccumulator, chain_blocks, format_value, summarize
+from rbmrg.lattice.model import IsingModel, bond_sum, magnetization
+from rbmrg.lattice.samplers import check_algorithm, make_sampler
+from rbmrg.lattice.sampling import integrated_autocorrelation_time, iterate_samples
+from rbmrg.rg import transforms as rg
+from rbmrg.rg.interactions import EVEN, ODD, Interaction, interaction_names
+from rbmrg.rg.mcrg import MCRGAccumulator, chain_blocks, format_value, summarize
+from rbmrg.training.data import progress_display
 
 log = logging.getLogger("evaluate")
 

@@ -35,10 +35,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import rbmrg
-from rbmrg.ising import IsingModel, iterate_samples
-from rbmrg.mcrg import MCRGAccumulator, chain_blocks
-from rbmrg.rbm import ConvRBM
-from rbmrg.transforms import iterate, majority, rbm
+from rbmrg.lattice.model import IsingModel
+from rbmrg.lattice.sampling import iterate_samples
+from rbmrg.rg.mcrg import MCRGAccumulator, chain_blocks
+from rbmrg.rg.rbm import ConvRBM
+from rbmrg.rg.transforms import iterate, majority, rbm
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mcrg.jsonl"

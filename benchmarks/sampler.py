@@ -7,7 +7,7 @@
 For each algorithm it measures, in one run:
 
 * ``updates_per_s``: chains x sweeps x L^2 / wall time of ``step`` (after a warm-up). For Wolff a
-  sweep is ``clusters_per_sweep`` clusters, ~L^2 flipped spins on average (rbmrg.fast docstring),
+  sweep is ``clusters_per_sweep`` clusters, ~L^2 flipped spins on average (rbmrg.lattice.wolff docstring),
   so its figure counts flipped spins, not visited sites;
 * ``tau_int_energy`` and ``tau_int_abs_m`` in sweeps, from a long run with a sample every sweep or two;
 * ``decorrelated_per_s``: chain-sweeps per second / (2 tau_int), for the energy and for |m|;
@@ -33,7 +33,9 @@ import numba
 import torch
 from common import cpu_model
 
-from rbmrg.ising import IsingModel, autocorrelation_time, draw_samples, make_sampler
+from rbmrg.lattice.model import IsingModel
+from rbmrg.lattice.samplers import make_sampler
+from rbmrg.lattice.sampling import autocorrelation_time, draw_samples
 
 RESULTS = Path(__file__).parent / "results" / "sampler.jsonl"
 
@@ -88,7 +90,9 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="*", default=None, help="subset to run")
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)  # rbmrg.fast also takes its numba thread count from here
+    torch.set_num_threads(
+        args.threads
+    )  # the numba kernels also take its numba thread count from here
     model = IsingModel(L=32)
     machine = {
         "cpu": cpu_model(),

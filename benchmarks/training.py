@@ -10,7 +10,7 @@ of a tensor reshuffled each epoch, no DataLoader and no collate. Both loops run 
 ``RBMModule.contrastive_divergence``; the Lightning loop adds the Trainer (automatic optimisation,
 scheduler, step logging every ``log_every_n_steps`` to a CSV logger, no progress bar, no checkpoints).
 Both CD implementations are timed (``--backends``): ``torch``, the reference, and ``numba``, the
-fused CPU kernel of ``rbmrg.fast_rbm``. Also timed: MCRG on the held-out set (5 x 10^4
+fused CPU kernel of ``rbmrg.training.cd_numba``. Also timed: MCRG on the held-out set (5 x 10^4
 configurations, N_r = 2), the cost MCRGCallback adds per epoch: the first epoch (which measures the
 level-0 interactions once) and a later one.
 
@@ -34,9 +34,9 @@ import pytorch_lightning as pl
 import torch
 from common import cpu_model
 
-from rbmrg.callbacks import MCRGCallback
-from rbmrg.module import RBMModule
-from rbmrg.schedules import SqrtDecay
+from rbmrg.training.callbacks import MCRGCallback
+from rbmrg.training.module import RBMModule
+from rbmrg.training.schedules import SqrtDecay
 
 RESULTS = Path(__file__).parent / "results" / "training.jsonl"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rbmrg.mcrg import format_value  # noqa: E402
+from rbmrg.rg.mcrg import format_value  # noqa: E402
 
 #: Chung & Kao, Table 1, as printed: [N_r - 1][N_c - 1], the optimal (learned) filter.
 PAPER_OPTIMAL = [

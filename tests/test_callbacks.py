@@ -8,13 +8,14 @@ import pytorch_lightning as pl
 import torch
 
 from rbmrg import plots
-from rbmrg.callbacks import MCRGCallback, max_rg_steps
-from rbmrg.ising import IsingModel, draw_samples
-from rbmrg.mcrg import chain_major_batches, run_mcrg
-from rbmrg.module import RBMModule
-from rbmrg.rbm import ConvRBM
-from rbmrg.schedules import Constant
-from rbmrg.transforms import majority
+from rbmrg.lattice.model import IsingModel
+from rbmrg.lattice.sampling import draw_samples
+from rbmrg.rg.mcrg import chain_major_batches, run_mcrg
+from rbmrg.rg.rbm import ConvRBM
+from rbmrg.rg.transforms import majority
+from rbmrg.training.callbacks import MCRGCallback, max_rg_steps
+from rbmrg.training.module import RBMModule
+from rbmrg.training.schedules import Constant
 
 
 @pytest.fixture(scope="module")

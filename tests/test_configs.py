@@ -10,10 +10,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from rbmrg.callbacks import MCRGCallback
-from rbmrg.data import IsingDataModule
-from rbmrg.module import RBMModule
-from rbmrg.schedules import Schedule
+from rbmrg.training.callbacks import MCRGCallback
+from rbmrg.training.data import IsingDataModule
+from rbmrg.training.module import RBMModule
+from rbmrg.training.schedules import Schedule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
-from rbmrg.data import IsingDataModule, ShuffledBatches, progress_bar
+from rbmrg.training.data import IsingDataModule, ShuffledBatches, progress_bar
 
 SMALL = dict(L=8, n_train=200, n_val=400, n_chains=20, n_thermalize=20, n_between=2, progress=False)
 

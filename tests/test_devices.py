@@ -6,10 +6,11 @@ result computed in the same test. On a machine without CUDA the CUDA cases are s
 
 import torch
 
-from rbmrg.couplings import EVEN, ODD, measure
-from rbmrg.ising import IsingModel, make_sampler
-from rbmrg.rbm import ConvRBM
-from rbmrg.transforms import decimation, majority
+from rbmrg.lattice.model import IsingModel
+from rbmrg.lattice.samplers import make_sampler
+from rbmrg.rg.interactions import EVEN, ODD, measure
+from rbmrg.rg.rbm import ConvRBM
+from rbmrg.rg.transforms import decimation, majority
 
 
 def random_spins(shape, seed=0):

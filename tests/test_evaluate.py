@@ -20,8 +20,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from rbmrg.checkpoint import load_rbm, save_filter
-from rbmrg.couplings import EVEN
-from rbmrg.rbm import ConvRBM
+from rbmrg.rg.interactions import EVEN
+from rbmrg.rg.rbm import ConvRBM
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "evaluate.py")

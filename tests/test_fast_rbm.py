@@ -1,4 +1,4 @@
-"""The fused numba CD kernel (:mod:`rbmrg.fast_rbm`) against the torch reference and exact results."""
+"""The fused numba CD kernel (:mod:`rbmrg.training.cd_numba`) against the torch reference and exact results."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from test_module import fit
 from test_rbm import L, all_states, chi_square_pvalue, dense_weights, make_rbm
 
-from rbmrg import fast_rbm
-from rbmrg.module import RBMModule
+from rbmrg.training import cd_numba as fast_rbm
+from rbmrg.training.module import RBMModule
 
 GEOMETRIES = [(32, 8, 2), (4, 3, 2), (8, 1, 2), (9, 2, 3), (5, 3, 1), (6, 6, 2), (10, 7, 2)]
 

@@ -18,17 +18,9 @@ import pytest
 import torch
 from scipy import stats
 
-from rbmrg.ising import (
-    K_C_2D,
-    IsingModel,
-    autocorrelation_time,
-    available_algorithms,
-    bond_sum,
-    draw_samples,
-    iterate_samples,
-    magnetization,
-    make_sampler,
-)
+from rbmrg.lattice.model import K_C_2D, IsingModel, bond_sum, magnetization
+from rbmrg.lattice.samplers import available_algorithms, make_sampler
+from rbmrg.lattice.sampling import autocorrelation_time, draw_samples, iterate_samples
 
 ALGORITHMS = ["heatbath", "metropolis", "metropolis-msc", "wolff"]
 P_MIN = 1e-3  # chi-square p-value below which a sampler is declared wrong

@@ -1,6 +1,6 @@
 """MCRG engine (issue #4): interactions, transformations, streaming sums, jackknife, exact results.
 
-Statistics come from the fastest registered sampler (Wolff when ``rbmrg.fast`` is importable,
+Statistics come from the fastest registered sampler (Wolff,
 otherwise the torch heat-bath with longer thinning). Every tolerance is a multiple of an error bar
 measured in the same test (plus, for Swendsen's numbers, the published one).
 """
@@ -15,9 +15,11 @@ import pytest
 import scipy.stats
 import torch
 
-from rbmrg.couplings import CHAIN_NN, EVEN, ODD, Interaction, measure
-from rbmrg.ising import IsingModel, available_algorithms, draw_samples, iterate_samples
-from rbmrg.mcrg import (
+from rbmrg.lattice.model import IsingModel
+from rbmrg.lattice.samplers import available_algorithms
+from rbmrg.lattice.sampling import draw_samples, iterate_samples
+from rbmrg.rg.interactions import CHAIN_NN, EVEN, ODD, Interaction, measure
+from rbmrg.rg.mcrg import (
     MCRGAccumulator,
     SingularWarning,
     chain_blocks,
@@ -26,7 +28,7 @@ from rbmrg.mcrg import (
     leading_exponent,
     run_mcrg,
 )
-from rbmrg.transforms import decimation, iterate, majority
+from rbmrg.rg.transforms import decimation, iterate, majority
 
 if "wolff" in available_algorithms():
     ALGORITHM, N_THERMALIZE, N_BETWEEN = "wolff", 100, 2  # tau_int ~ 2 sweeps at K_c, L = 32
@@ -387,7 +389,7 @@ def test_odd_exponent_does_not_depend_on_the_sign_of_the_block_spins():
 
 def test_cached_level0_values_give_bit_identical_results():
     """Feeding precomputed level-0 interactions (as MCRGCallback does every epoch) changes nothing."""
-    from rbmrg.mcrg import level0_values
+    from rbmrg.rg.mcrg import level0_values
 
     generator = torch.Generator().manual_seed(11)
     spins = (torch.randint(0, 2, (600, 16, 16), generator=generator) * 2 - 1).to(torch.int8)

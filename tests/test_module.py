@@ -6,9 +6,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from rbmrg.ising import IsingModel, draw_samples
-from rbmrg.module import RBMModule
-from rbmrg.schedules import Constant, SqrtDecay, SqrtInterpolation, TorchSchedule
+from rbmrg.lattice.model import IsingModel
+from rbmrg.lattice.sampling import draw_samples
+from rbmrg.training.module import RBMModule
+from rbmrg.training.schedules import Constant, SqrtDecay, SqrtInterpolation, TorchSchedule
 
 
 def ordered_samples(n: int = 200, L: int = 8) -> torch.Tensor:

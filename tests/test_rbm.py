@@ -15,9 +15,9 @@ import pytest
 import scipy.stats
 import torch
 
-from rbmrg.ising import K_C_2D, bond_sum
-from rbmrg.rbm import ConvRBM, hidden_field, validate_geometry, visible_field
-from rbmrg.transforms import rbm as rbm_transform
+from rbmrg.lattice.model import K_C_2D, bond_sum
+from rbmrg.rg.rbm import ConvRBM, hidden_field, validate_geometry, visible_field
+from rbmrg.rg.transforms import rbm as rbm_transform
 
 L = 4
 

@@ -1,11 +1,11 @@
 """Reading and writing a learned RG filter, independent of the training framework.
 
-Two on-disk formats hold a :class:`~rbmrg.rbm.ConvRBM`:
+Two on-disk formats hold a :class:`~rbmrg.rg.rbm.ConvRBM`:
 
 * the *plain filter* file written by :func:`save_filter`, ``{"weight": tensor(f, f), "stride": b}``
   (plus ``"filter_size"`` for the reader's convenience). It is what the project commits, e.g.
   ``results/paper_filter.pt``, and it loads with ``torch.load(..., weights_only=True)``;
-* a PyTorch Lightning checkpoint of ``rbmrg.module.RBMModule``, which keeps the ConvRBM as attribute
+* a PyTorch Lightning checkpoint of ``rbmrg.training.module.RBMModule``, which keeps the ConvRBM as attribute
   ``rbm``: the filter is ``state_dict["rbm.weight"]`` and the stride is a saved hyper-parameter.
 
 The filter size is always read off the weight's shape, never trusted from metadata. Loading needs no
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from rbmrg.rbm import ConvRBM
+from rbmrg.rg.rbm import ConvRBM
 
 #: Key of the filter in the state_dict of the Lightning module (attribute ``rbm`` of RBMModule).
 LIGHTNING_WEIGHT_KEY = "rbm.weight"

@@ -63,7 +63,7 @@ def yt_history_figure(
     """Fig. 2 of Chung & Kao: y_t at N_r = ``n_r`` against the training step, with reference lines.
 
     ``history`` rows carry ``step``, ``n_r``, ``n_c``, ``y_t``, ``y_t_err`` (as written by
-    :class:`rbmrg.callbacks.MCRGCallback`).
+    :class:`rbmrg.training.callbacks.MCRGCallback`).
     """
     fig = _figure(6.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)

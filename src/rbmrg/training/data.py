@@ -1,6 +1,6 @@
 """Lightning data module: Ising configurations for training the RBM and for MCRG while training.
 
-A thin layer over :func:`rbmrg.ising.draw_samples`. It draws two independent sets of the same
+A thin layer over :func:`rbmrg.lattice.sampling.draw_samples`. It draws two independent sets of the same
 model, from different seeds:
 
 * the training set (Chung & Kao: 10^4 configurations of the 32x32 lattice at K_c), served in shuffled
@@ -32,13 +32,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from rbmrg.ising import (
-    DEFAULT_ALGORITHM,
-    IsingModel,
-    SampleSet,
-    check_algorithm,
-    draw_samples,
-)
+from rbmrg.lattice.model import IsingModel
+from rbmrg.lattice.samplers import DEFAULT_ALGORITHM, check_algorithm
+from rbmrg.lattice.sampling import SampleSet, draw_samples
 
 #: Bump when the cache layout or the sampler's output for given settings changes.
 CACHE_FORMAT = 1
@@ -50,8 +46,8 @@ def progress_bar(
 ) -> Iterator[Callable[[int], None]]:
     """A ``rich`` progress bar with rate and ETA; yields ``update(k)``, k = items done so far.
 
-    Pass ``update`` as the ``progress`` argument of :func:`rbmrg.ising.draw_samples` or
-    :func:`rbmrg.ising.iterate_samples`. With ``enabled=False`` it yields a no-op.
+    Pass ``update`` as the ``progress`` argument of :func:`rbmrg.lattice.sampling.draw_samples` or
+    :func:`rbmrg.lattice.sampling.iterate_samples`. With ``enabled=False`` it yields a no-op.
     """
     if not enabled:
         yield lambda done: None
@@ -154,7 +150,7 @@ class IsingDataModule(pl.LightningDataModule):
         L: linear lattice size; even, >= 4.
         coupling: K in exp(K sum_<ij> s_i s_j); ``None`` = K_c of ``dim``.
         dim: lattice dimension (2 or 3).
-        algorithm: sampler name (``rbmrg.ising.available_algorithms()``); default Wolff clusters,
+        algorithm: sampler name (``rbmrg.lattice.samplers.available_algorithms()``); default Wolff clusters,
             whose kept samples are spaced by >= 2 tau_int of |m| and of the energy with the default
             ``n_between`` at L = 32, K_c (docs/sampler.md).
         n_train: configurations in the training set.
@@ -191,9 +187,7 @@ class IsingDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.ising = IsingModel(L=L, coupling=coupling, dim=dim)  # checks L, coupling, dim
-        check_algorithm(algorithm)
-        if algorithm == "metropolis-msc" and dim != 2:
-            raise ValueError(f"algorithm={algorithm!r}: written for dim=2 only, got dim={dim}")
+        check_algorithm(algorithm, dim)
         for name, value, low in (
             ("n_train", n_train, 1),
             ("n_val", n_val, 1),

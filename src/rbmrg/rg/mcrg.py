@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rbmrg.couplings import EVEN, ODD, Interaction, measure
-from rbmrg.transforms import Transform, iterate
+from rbmrg.rg.interactions import EVEN, ODD, Interaction, measure
+from rbmrg.rg.transforms import Transform, iterate
 
 DEFAULT_SETS: dict[str, tuple[Interaction, ...]] = {"even": EVEN, "odd": ODD}
 
@@ -338,7 +338,7 @@ def level0_values(
 def chain_major_batches(
     spins: torch.Tensor, n_chains: int, n_blocks: int, batch_size: int = 4096
 ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of a chain-major data set (see :class:`rbmrg.ising.SampleSet`) with block indices."""
+    """Batches of a chain-major data set (see :class:`rbmrg.lattice.sampling.SampleSet`) with block indices."""
     per_chain = spins.shape[0] // n_chains
     block_of_chain = chain_blocks(n_chains, n_blocks, spins.device)
     for start in range(0, spins.shape[0], batch_size):

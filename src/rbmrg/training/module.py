@@ -1,4 +1,4 @@
-"""Lightning wrapper that trains the RG weight factor (:class:`rbmrg.rbm.ConvRBM`) by contrastive divergence.
+"""Lightning wrapper that trains the RG weight factor (:class:`rbmrg.rg.rbm.ConvRBM`) by contrastive divergence.
 
 Training minimises D(p_Ising || Y / sum Y) (Eq. 8 of Chung & Kao), i.e. the negative log-likelihood of
 the RBM whose visible marginal is Y(sigma) = exp(-F(sigma)). Its gradient is
@@ -21,8 +21,8 @@ minibatch and are saved in checkpoints.
 
 Two implementations of the same update (``backend``): ``"torch"``, the readable reference
 (``ConvRBM.gibbs`` and ``ConvRBM.free_energy`` with autograd, any device), and ``"numba"``, the fused
-CPU kernel of :mod:`rbmrg.fast_rbm` (the whole Gibbs chain and the CD gradient in one compiled call,
-handed to autograd through :class:`rbmrg.fast_rbm.SurrogateLoss`). ``"auto"`` takes numba for 2D
+CPU kernel of :mod:`rbmrg.training.cd_numba` (the whole Gibbs chain and the CD gradient in one compiled call,
+handed to autograd through :class:`rbmrg.training.cd_numba.SurrogateLoss`). ``"auto"`` takes numba for 2D
 lattices on the CPU and torch otherwise. Both draw their random numbers from torch's generator, so
 ``seed_everything`` reproduces a run of either; the two do not draw the same chains.
 """
@@ -36,8 +36,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from rbmrg.rbm import ConvRBM
-from rbmrg.schedules import Schedule, SqrtDecay
+from rbmrg.rg.rbm import ConvRBM
+from rbmrg.training.schedules import Schedule, SqrtDecay
 
 BACKENDS = ("auto", "torch", "numba")
 #: Per-step attributes that are never parameters, modules or buffers (see RBMModule.__setattr__).
@@ -53,7 +53,7 @@ class RBMModule(pl.LightningModule):
         init_scale: W starts uniform in [-init_scale, init_scale] ("uniformly around zero").
         cd_k: Gibbs steps per update, k >= 1 (paper: CD-3).
         persistent: keep the Gibbs chains between updates (PCD) instead of restarting at the data.
-        schedule: learning-rate law (:mod:`rbmrg.schedules`); default the paper's square-root decay.
+        schedule: learning-rate law (:mod:`rbmrg.training.schedules`); default the paper's square-root decay.
         betas: Adam's (beta1, beta2).
         backend: ``"torch"`` (reference, default), ``"numba"`` (fused CPU kernel) or ``"auto"``.
 
@@ -119,7 +119,7 @@ class RBMModule(pl.LightningModule):
     def contrastive_divergence(self, spins: torch.Tensor) -> torch.Tensor:
         """The surrogate loss mean F(data) - mean F(chain end); its gradient is the CD-k gradient."""
         if self.uses_fused_kernel(spins):
-            from rbmrg import fast_rbm
+            from rbmrg.training import cd_numba as fast_rbm
 
             start = self.chain_start(spins) if self.hparams.persistent else None
             loss, chain_end = fast_rbm.contrastive_divergence(
@@ -242,4 +242,4 @@ def _as_schedule(schedule: Schedule | Mapping | None) -> Schedule:
         from hydra.utils import instantiate
 
         return instantiate(schedule)
-    raise TypeError(f"schedule={schedule!r}: expected a rbmrg.schedules.Schedule")
+    raise TypeError(f"schedule={schedule!r}: expected a rbmrg.training.schedules.Schedule")

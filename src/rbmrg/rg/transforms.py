@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from rbmrg.rbm import ConvRBM
+from rbmrg.rg.rbm import ConvRBM
 
 Transform = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 

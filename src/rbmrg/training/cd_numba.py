@@ -1,4 +1,4 @@
-"""A fused CPU kernel (numba) for one CD-k update of :class:`rbmrg.rbm.ConvRBM`.
+"""A fused CPU kernel (numba) for one CD-k update of :class:`rbmrg.rg.rbm.ConvRBM`.
 
 The reference CD-k update is plain PyTorch (``ConvRBM.gibbs`` then ``ConvRBM.free_energy`` and
 autograd). At the paper's size (L = 32, 8 x 8 filter, minibatch 10) every tensor op of it is tiny and
@@ -24,7 +24,7 @@ mod L.
 
 Random numbers: one 62-bit seed per call is drawn from a torch generator (the default one unless
 given), so ``seed_everything`` makes a run reproducible. Configuration i of the minibatch draws from
-its own xoshiro256++ stream (:mod:`rbmrg.fast`), seeded by (seed, i) only, so results do not depend
+its own xoshiro256++ stream (:mod:`rbmrg.lattice.rng`), seeded by (seed, i) only, so results do not depend
 on the number of threads. A unit is +1 with probability sigmoid(2 x) (x its field), decided by
 ``U < sigmoid(2 x)`` with U a float64 uniform of 53 random bits.
 
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from rbmrg.fast import _next, _seed_streams, _set_threads
+from rbmrg.lattice.rng import seed_streams, set_threads, xoshiro_next
 
 _TAG_CD = np.uint64(0x43442D6B)  # keeps these streams apart from the samplers' ones
 _TO_UNIT = 2.0**-53
@@ -46,7 +46,7 @@ _TO_UNIT = 2.0**-53
 
 @njit(cache=True, inline="always")
 def _uniform(s0, s1, s2, s3):
-    x, s0, s1, s2, s3 = _next(s0, s1, s2, s3)
+    x, s0, s1, s2, s3 = xoshiro_next(s0, s1, s2, s3)
     return float(x >> np.uint64(11)) * _TO_UNIT, s0, s1, s2, s3
 
 
@@ -191,7 +191,7 @@ def _cd_kernel(data, start, same_start, weight, stride, k, seed, chain_end, bloc
     for s in range(b):
         for m in range(Q):
             col_of[s, m] = (b * m + s) % L
-    streams = _seed_streams(seed, n)
+    streams = seed_streams(seed, n)
     one = np.ones(1, dtype=data.dtype)[0]
     f2 = f * f
     for i in prange(n):
@@ -271,7 +271,7 @@ def cd_update(
     block_spins = np.empty((n, L // stride, L // stride), dtype=data.dtype)
     out = np.empty((n, f * f + 2))
     mean = np.empty(f * f + 2)
-    _set_threads()
+    set_threads()
     _cd_kernel(
         data,
         start,
@@ -304,7 +304,7 @@ class SurrogateLoss(torch.autograd.Function):
     """Returns a precomputed loss value; its backward returns the precomputed gradient.
 
     ``SurrogateLoss.apply(weight, loss, grad)`` behaves, for autograd, like the surrogate loss
-    mean F(data) - mean F(chain end) of :mod:`rbmrg.module` evaluated at ``weight``.
+    mean F(data) - mean F(chain end) of :mod:`rbmrg.training.module` evaluated at ``weight``.
     """
 
     @staticmethod

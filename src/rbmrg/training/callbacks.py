@@ -1,6 +1,6 @@
 """Lightning callbacks that watch the physics while the RBM trains.
 
-:class:`MCRGCallback` runs Monte Carlo RG (:func:`rbmrg.mcrg.run_mcrg`) with the current filter on the
+:class:`MCRGCallback` runs Monte Carlo RG (:func:`rbmrg.rg.mcrg.run_mcrg`) with the current filter on the
 data module's held-out configurations (``trainer.datamodule.val_set``, independent of the training
 set) after every epoch, logs y_t and y_h with jackknife errors under keys
 
@@ -28,9 +28,9 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from rbmrg import plots
-from rbmrg.mcrg import MCRGResult, chain_major_batches, level0_values, run_mcrg
-from rbmrg.rbm import ConvRBM
-from rbmrg.transforms import rbm as rbm_transform
+from rbmrg.rg.mcrg import MCRGResult, chain_major_batches, level0_values, run_mcrg
+from rbmrg.rg.rbm import ConvRBM
+from rbmrg.rg.transforms import rbm as rbm_transform
 
 HISTORY_FIELDS = ("epoch", "step", "n_r", "n_c", "y_t", "y_t_err", "y_h", "y_h_err")
 
