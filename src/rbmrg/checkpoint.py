@@ -4,46 +4,155 @@ Two on-disk formats hold a :class:`~rbmrg.rg.rbm.ConvRBM`:
 
 * the *plain filter* file written by :func:`save_filter`, ``{"weight": tensor(f, f), "stride": b}``
   (plus ``"filter_size"`` for the reader's convenience). It is what the project commits, e.g.
-  ``results/paper_filter.pt``, and it loads with ``torch.load(..., weights_only=True)``;
+  ``results/paper_filter.pt``;
 * a PyTorch Lightning checkpoint of ``rbmrg.training.module.RBMModule``, which keeps the ConvRBM as attribute
   ``rbm``: the filter is ``state_dict["rbm.weight"]`` and the stride is a saved hyper-parameter.
 
-The filter size is always read off the weight's shape, never trusted from metadata. Loading needs no
-Lightning import; only a checkpoint whose extra entries cannot be read with ``weights_only=True`` is
-unpickled in full, which runs code from the file: load only checkpoints you trust (your own).
+Loading never runs code from the file. Both formats are pickles, and a pickle may name any Python
+function to call while it is read (``os.system`` included), so every file goes through
+:func:`read_checkpoint`, which unpickles with ``torch.load(weights_only=True)``: tensors, plain
+containers and numbers, plus the few OmegaConf container classes that hyper-parameters saved from a
+Hydra config may hold (:data:`OMEGACONF_GLOBALS`, allowed only for the duration of the call and turned
+into plain dicts and lists without resolving interpolations). A file that needs anything else is
+refused with a ValueError naming the file and the object it asked for. The filter size is always read
+off the weight's shape, never trusted from metadata. Loading needs no Lightning import.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
+import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.base import ContainerMetadata, Metadata
+from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
 
 from rbmrg.rg.rbm import ConvRBM
 
 #: Key of the filter in the state_dict of the Lightning module (attribute ``rbm`` of RBMModule).
 LIGHTNING_WEIGHT_KEY = "rbm.weight"
 
+#: What an OmegaConf DictConfig/ListConfig of plain values pickles into: the containers, their
+#: metadata, the untyped and scalar value nodes, and the types the metadata records. None of them
+#: runs code when rebuilt (their ``__setstate__`` only stores the state); typed nodes that would
+#: import other classes (enums, paths, structured configs) are deliberately left out.
+OMEGACONF_GLOBALS: list[Any] = [
+    DictConfig,
+    ListConfig,
+    ContainerMetadata,
+    Metadata,
+    AnyNode,
+    StringNode,
+    IntegerNode,
+    FloatNode,
+    BooleanNode,
+    typing.Any,
+    collections.defaultdict,
+    dict,
+    list,
+    int,
+    float,
+    str,
+    bool,
+]
 
-def _read(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r}: no such file")
+# A torch.save file is a zip archive (torch >= 1.6) or, in the legacy format, starts with a
+# protocol-2 pickle of a magic number.
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02"
+
+
+class MissingCheckpointError(FileNotFoundError, ValueError):
+    """The checkpoint path does not exist (a FileNotFoundError and a ValueError)."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The dictionary stored at ``path`` by ``torch.save``, loaded without running any code from it.
+
+    This is the one reader of filter files and Lightning checkpoints in rbmrg; call it to validate a
+    file before relying on it (e.g. a resume checkpoint before sampling). Tensors come back on the
+    CPU; OmegaConf containers in the file come back as plain dicts and lists, interpolations left as
+    their ``"${...}"`` strings (resolving them could read the environment).
+
+    Raises a ValueError that names ``path`` and says why it is refused: a missing path
+    (:class:`MissingCheckpointError`, also a FileNotFoundError), a directory, an empty file, a file
+    that is not a torch checkpoint or is damaged, a file whose pickle asks for an object outside the
+    safe set (the error names it, e.g. ``posix.system``), or one that holds something other than a
+    dictionary.
+    """
+    path = Path(path)
+    where = repr(str(path))
+    if not path.exists():
+        raise MissingCheckpointError(f"checkpoint {where}: no such file")
+    if path.is_dir():
+        raise ValueError(f"checkpoint {where}: is a directory, expected a checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning checkpoints may carry hyper-parameters as OmegaConf objects and loop states
-        # that the restricted unpickler refuses; the filter itself is a plain tensor.
-        pass
-    except Exception as error:  # a truncated or non-torch file
-        raise ValueError(f"checkpoint {str(path)!r}: unreadable ({error})") from error
+        with open(path, "rb") as stream:
+            head = stream.read(4)
+    except OSError as error:
+        raise ValueError(f"checkpoint {where}: cannot be read ({error})") from error
+    if not head:
+        raise ValueError(f"checkpoint {where}: empty file")
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_MAGIC)):
+        raise ValueError(
+            f"checkpoint {where}: not a torch checkpoint (it does not start like a file written "
+            "by torch.save)"
+        )
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ValueError(f"checkpoint {str(path)!r}: unreadable ({error})") from error
+        with torch.serialization.safe_globals(OMEGACONF_GLOBALS):
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        message = str(error)
+        if "Weights only load failed" not in message:
+            raise ValueError(f"checkpoint {where}: damaged torch checkpoint ({message})") from None
+        raise ValueError(
+            f"checkpoint {where}: holds objects that cannot be loaded safely: "
+            f"{_refusal_reason(message)}; rbmrg reads only tensors, plain containers and numbers"
+        ) from None
+    except Exception as error:  # truncated archive, missing entries, ...
+        raise ValueError(
+            f"checkpoint {where}: damaged torch checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
+    content = _plain(content)
+    if not isinstance(content, dict):
+        raise ValueError(
+            f"checkpoint {where}: holds a {type(content).__name__}, not a filter or a checkpoint "
+            "dictionary"
+        )
+    return content
+
+
+def _refusal_reason(message: str) -> str:
+    """The object torch's restricted unpickler refused, from its error message."""
+    if found := re.search(r"GLOBAL\s+([\w.]+)", message):
+        return found.group(1)
+    if found := re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message):
+        return found.group(1).strip()
+    return "an unsupported pickle instruction"
+
+
+def _plain(tree: Any) -> Any:
+    """``tree`` with every OmegaConf container replaced by plain dicts/lists, unresolved."""
+    if isinstance(tree, DictConfig | ListConfig):
+        return OmegaConf.to_container(tree, resolve=False)
+    if isinstance(tree, dict):
+        converted = tree.copy()  # keeps OrderedDict (Lightning's state_dict) an OrderedDict
+        for name, value in tree.items():
+            converted[name] = _plain(value)
+        return converted
+    if isinstance(tree, list):
+        return [_plain(value) for value in tree]
+    if type(tree) is tuple:
+        return tuple(_plain(value) for value in tree)
+    return tree
 
 
 def _find_key(tree: Any, key: str) -> list[Any]:
@@ -58,23 +167,22 @@ def _find_key(tree: Any, key: str) -> list[Any]:
     return found
 
 
-def _weight_and_stride(content: Any, where: str) -> tuple[torch.Tensor, Any]:
-    if not isinstance(content, Mapping):
-        raise ValueError(f"checkpoint {where}: holds a {type(content).__name__}, not a filter")
+def _weight_and_stride(content: dict, where: str) -> tuple[torch.Tensor, Any]:
     if "state_dict" in content:  # Lightning
         state = content["state_dict"]
-        if LIGHTNING_WEIGHT_KEY not in state:
+        if not isinstance(state, Mapping) or LIGHTNING_WEIGHT_KEY not in state:
+            keys = sorted(map(str, state))[:10] if isinstance(state, Mapping) else state
             raise ValueError(
                 f"checkpoint {where}: the Lightning state_dict has no {LIGHTNING_WEIGHT_KEY!r} "
-                f"(keys: {sorted(state)[:10]})"
+                f"(keys: {keys})"
             )
         weight = state[LIGHTNING_WEIGHT_KEY]
-        strides = {int(s) for s in _find_key(content.get("hyper_parameters", {}), "stride")}
-        if len(strides) != 1:
+        strides = _find_key(content.get("hyper_parameters", {}), "stride")
+        if len({repr(s) for s in strides}) != 1:
             raise ValueError(
-                f"checkpoint {where}: expected one 'stride' hyper-parameter, found {sorted(strides)}"
+                f"checkpoint {where}: expected one 'stride' hyper-parameter, found {strides}"
             )
-        return weight, strides.pop()
+        return weight, strides[0]
     if "weight" not in content:
         raise ValueError(
             f"checkpoint {where}: no filter found (neither a Lightning 'state_dict' nor a "
@@ -88,13 +196,13 @@ def _weight_and_stride(content: Any, where: str) -> tuple[torch.Tensor, Any]:
 def load_rbm(path: str | os.PathLike) -> ConvRBM:
     """The ConvRBM stored at ``path`` (plain filter file or Lightning checkpoint), on the CPU.
 
-    The filter size f comes from the weight's (f, f) shape. Raises FileNotFoundError or ValueError
-    naming ``path`` if the file is missing, unreadable, or holds no usable square, finite filter and
-    positive integer stride.
+    Read with :func:`read_checkpoint`. The filter size f comes from the weight's (f, f) shape.
+    Raises FileNotFoundError or ValueError naming ``path`` if the file is missing, unreadable,
+    unsafe, or holds no usable square, finite filter and positive integer stride.
     """
     path = Path(path)
     where = repr(str(path))
-    weight, stride = _weight_and_stride(_read(path), where)
+    weight, stride = _weight_and_stride(read_checkpoint(path), where)
     if (
         not isinstance(weight, torch.Tensor)
         or weight.ndim != 2
@@ -104,11 +212,13 @@ def load_rbm(path: str | os.PathLike) -> ConvRBM:
         raise ValueError(
             f"checkpoint {where}: the filter must be a square (f, f) tensor, got {shape}"
         )
-    if not torch.isfinite(weight).all():
-        raise ValueError(f"checkpoint {where}: the filter has non-finite entries")
-    if isinstance(stride, torch.Tensor):
+    if not weight.is_floating_point() or not torch.isfinite(weight).all():
+        raise ValueError(f"checkpoint {where}: the filter has non-finite or non-real entries")
+    if isinstance(stride, torch.Tensor) and stride.numel() == 1:
         stride = stride.item()
-    if isinstance(stride, bool) or int(stride) != stride or stride < 1:
+    if isinstance(stride, bool) or not isinstance(stride, int | float) or int(stride) != stride:
+        raise ValueError(f"checkpoint {where}: stride={stride!r} must be a positive integer")
+    if stride < 1:
         raise ValueError(f"checkpoint {where}: stride={stride!r} must be a positive integer")
     rbm = ConvRBM(filter_size=int(weight.shape[0]), stride=int(stride), init_scale=0.0)
     with torch.no_grad():
