@@ -14,12 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from rbmrg.rg.mcrg import format_value  # noqa: E402
+from rbmrg.rg.mcrg import format_value
 
 #: Chung & Kao, Table 1, as printed: [N_r - 1][N_c - 1], the optimal (learned) filter.
 PAPER_OPTIMAL = [

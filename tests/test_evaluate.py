@@ -1,4 +1,4 @@
-"""evaluate.py (Table 1 by MCRG) and the filter checkpoint helpers of rbmrg.checkpoint.
+"""rbmrg.evaluation and evaluate.py (Table 1 by MCRG), and the filter checkpoint helpers.
 
 Runs are tiny (L = 8 or 16, a few thousand samples) and go through Hydra's compose API, so the
 config file itself is what is tested; one subprocess run checks the command line end to end.
@@ -6,7 +6,6 @@ config file itself is what is tested; one subprocess run checks the command line
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -19,22 +18,19 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from rbmrg import evaluation
 from rbmrg.checkpoint import load_rbm, save_filter
 from rbmrg.rg.interactions import EVEN
 from rbmrg.rg.rbm import ConvRBM
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "evaluate.py")
-evaluate_script = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = evaluate_script  # dataclasses look their module up by name
-_spec.loader.exec_module(evaluate_script)
 
 TINY = [
-    "ising.L=16",
+    "data.L=16",
     "mcrg.n_samples=2000",
-    "sampler.n_chains=40",
-    "sampler.n_thermalize=20",
-    "sampler.n_between=1",
+    "data.n_chains=40",
+    "data.n_thermalize=20",
+    "data.n_between=1",
     "mcrg.batch_size=200",
     "progress=false",
 ]
@@ -52,20 +48,22 @@ def no_sampling(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("sampling started before the settings were checked")
 
-    monkeypatch.setattr(evaluate_script, "iterate_samples", refuse)
+    monkeypatch.setattr(evaluation, "iterate_samples", refuse)
 
 
 def test_every_config_field_has_a_comment():
-    """Each setting (not the hydra: section) has its own comment line right above it."""
+    """Each setting (not the hydra: section or the defaults list) has a comment line above it."""
     lines = (ROOT / "conf" / "evaluate.yaml").read_text().split("\nhydra:")[0].splitlines()
     for number, line in enumerate(lines):
         stripped = line.strip()
+        if stripped.startswith("- ") and lines[number - 1].strip() in ("defaults:", "- _self_"):
+            continue
         if stripped and not stripped.startswith("#") and not stripped.endswith(":"):
             assert lines[number - 1].strip().startswith("#"), f"no comment above {line!r}"
 
 
 def test_majority_run_writes_table_json_and_csv(tmp_path):
-    record = evaluate_script.evaluate(config("transform=majority", *TINY), tmp_path)
+    record = evaluation.evaluate(config("transform=majority", *TINY), tmp_path)
     data = json.loads((tmp_path / "mcrg.json").read_text())
     for key in ("transform", "L", "n_samples", "level0", "tau_int", "wall_time_s", "sampler"):
         assert key in data
@@ -95,8 +93,8 @@ def test_rbm_run_from_a_saved_filter(tmp_path):
     path = save_filter(tmp_path / "filter.pt", ConvRBM(2, 2, init_scale=1.0))
     out = tmp_path / "run"
     out.mkdir()
-    cfg = config(f"ckpt_path={path}", *TINY, "ising.L=8", "mcrg.n_rg_steps=1")
-    evaluate_script.evaluate(cfg, out)
+    cfg = config(f"ckpt_path={path}", *TINY, "data.L=8", "mcrg.n_rg_steps=1")
+    evaluation.evaluate(cfg, out)
     data = json.loads((out / "mcrg.json").read_text())
     assert data["transform"] == "rbm" and data["filter_size"] == [2] and data["scale_factor"] == 2
     assert [len(row) for row in data["y_t"]] == [7]
@@ -111,7 +109,6 @@ def write_garbage(path: Path) -> Path:
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["transform=blocking"], "transform='blocking'"),
         (["transform=rbm"], "ckpt_path=null"),
         (["ckpt_path=/nonexistent/filter.pt"], "/nonexistent/filter.pt"),
         (["transform=majority", "ckpt_path=x.pt"], "ckpt_path='x.pt'"),
@@ -120,40 +117,58 @@ def write_garbage(path: Path) -> Path:
         (["transform=majority", "mcrg.n_blocks=10"], "mcrg.n_blocks=10"),
         (["transform=majority", "mcrg.n_blocks=50"], "mcrg.n_blocks=50"),
         (["transform=majority", "mcrg.n_rg_steps=0"], "mcrg.n_rg_steps=0"),
-        (["transform=majority", "ising.L=7"], "ising.L=7"),
-        (["transform=majority", "ising.L=12", "mcrg.n_rg_steps=3"], "ising.L=12"),
-        (["transform=majority", "sampler.algorithm=gibbs"], "sampler.algorithm='gibbs'"),
-        (["transform=majority", "sampler.n_between=0"], "sampler.n_between=0"),
-        (["transform=majority", "block_size=1"], "block_size=1"),
+        (["transform=majority", "data.L=7"], "data.L=7"),
+        (["transform=majority", "data.L=12", "mcrg.n_rg_steps=3"], "data.L=12"),
+        (["transform=majority", "mcrg.n_rg_steps=4"], "fewer than 4"),
+        (["transform=majority", "data.algorithm=gibbs"], "data.algorithm='gibbs'"),
+        (["transform=majority", "data.n_between=0"], "data.n_between=0"),
+        (["transform=majority", "transform.block_size=1"], "transform.block_size=1"),
+        (["transform=majority", "data.coupling=abc"], "data.coupling='abc'"),
+        (["transform=majority", "data.seed=-1"], "data.seed=-1"),
+        (["transform=majority", "mcrg.batch_size=0"], "mcrg.batch_size=0"),
+        (["transform=majority", "data.algorithm=metropolis-msc", "data.dim=3"], "dim=3"),
     ],
 )
 def test_bad_settings_are_named_before_sampling(tmp_path, no_sampling, overrides, message):
     with pytest.raises((ValueError, FileNotFoundError)) as error:
-        evaluate_script.evaluate(config(*TINY, *overrides), tmp_path)
+        evaluation.evaluate(config(*TINY, *overrides), tmp_path)
     assert message in str(error.value)
 
 
 def test_unreadable_checkpoint_and_too_large_filter(tmp_path, no_sampling):
     garbage = write_garbage(tmp_path / "garbage.ckpt")
     with pytest.raises(ValueError, match="garbage.ckpt"):
-        evaluate_script.evaluate(config(*TINY, f"ckpt_path={garbage}"), tmp_path)
+        evaluation.evaluate(config(*TINY, f"ckpt_path={garbage}"), tmp_path)
     big = save_filter(tmp_path / "big.pt", ConvRBM(8, 2))
     with pytest.raises(ValueError, match=r"8x8 filter does not fit level 1 \(L=4\)"):
-        evaluate_script.evaluate(config(*TINY, "ising.L=8", f"ckpt_path={big}"), tmp_path)
+        evaluation.evaluate(config(*TINY, "data.L=8", f"ckpt_path={big}"), tmp_path)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: the setting is valid")
 def test_cuda_without_cuda_is_named(tmp_path, no_sampling):
-    with pytest.raises(ValueError, match="sampler.device='cuda'"):
-        evaluate_script.evaluate(
-            config(*TINY, "transform=majority", "sampler.device=cuda"), tmp_path
-        )
+    with pytest.raises(ValueError, match="data.device='cuda'"):
+        evaluation.evaluate(config(*TINY, "transform=majority", "data.device=cuda"), tmp_path)
+
+
+def test_unknown_transform_is_named_by_hydra():
+    with pytest.raises(Exception, match="transform/blocking"):
+        config("transform=blocking")
+
+
+def test_unthermalized_chains_are_flagged(tmp_path):
+    """No thermalization: the hot start is visible in the energy, and every output says so."""
+    record = evaluation.evaluate(
+        config("transform=majority", *TINY, "data.n_thermalize=0", "mcrg.n_rg_steps=1"), tmp_path
+    )
+    assert record["thermalized"] is False
+    assert record["warnings"][0].startswith("NOT THERMALIZED")
+    assert "not thermalized" in (tmp_path / "table1.md").read_text()
 
 
 def test_existing_results_are_never_overwritten(tmp_path, no_sampling):
     (tmp_path / "mcrg.json").write_text("{}")
     with pytest.raises(FileExistsError, match="never overwritten"):
-        evaluate_script.evaluate(config(*TINY, "transform=majority"), tmp_path)
+        evaluation.evaluate(config(*TINY, "transform=majority"), tmp_path)
     assert (tmp_path / "mcrg.json").read_text() == "{}"
 
 
@@ -163,7 +178,7 @@ def test_command_line_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     completed = subprocess.run(
         [sys.executable, str(ROOT / "evaluate.py"), "transform=majority", *TINY,
-         "ising.L=8", "mcrg.n_rg_steps=1", f"hydra.run.dir={run_dir}"],
+         "data.L=8", "mcrg.n_rg_steps=1", f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rbmrg import checks
 from rbmrg.lattice.model import IsingModel, bond_sum, magnetization
 from rbmrg.lattice.samplers import DEFAULT_ALGORITHM, make_sampler
 
@@ -90,19 +91,20 @@ class SampleSet:
         return self.spins.shape[0] // self.n_chains
 
 
-def validate_sampling(n_samples: int, n_chains: int, n_thermalize: int, n_between: int) -> None:
-    """Raise a ValueError naming the first bad setting of a sampling run."""
-    for name, value, low in (
-        ("n_samples", n_samples, 1),
-        ("n_chains", n_chains, 1),
-        ("n_thermalize", n_thermalize, 0),
-        ("n_between", n_between, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
-    if n_samples % n_chains:
+def validate_sampling(
+    n_samples: int,
+    n_chains: int,
+    n_thermalize: int,
+    n_between: int,
+    names: tuple[str, str, str, str] = ("n_samples", "n_chains", "n_thermalize", "n_between"),
+) -> None:
+    """Raise a ValueError naming the first bad setting of a sampling run (``names`` are the keys)."""
+    values = (n_samples, n_chains, n_thermalize, n_between)
+    for name, value, low in zip(names, values, (1, 1, 0, 1), strict=True):
+        checks.integer(name, value, low)
+    if int(n_samples) % int(n_chains):
         raise ValueError(
-            f"n_samples={n_samples} is not a multiple of n_chains={n_chains}: every chain "
+            f"{names[0]}={n_samples} is not a multiple of {names[1]}={n_chains}: every chain "
             "contributes the same number of samples"
         )
 
@@ -203,3 +205,25 @@ def draw_samples(
         tau_int_energy_error=tau_e_error,
         tau_int_abs_magnetization_error=tau_m_error,
     )
+
+
+def thermalization_drift(energy: torch.Tensor) -> str | None:
+    """A message if the chains still remember their hot start, else None.
+
+    ``energy`` is ``(per_chain, n_chains)``: S_nn of the kept samples along each chain. The mean
+    energy of the first and of the second half of every chain differ by more than 5 standard errors
+    (the chains are independent, so the spread of the per-chain differences gives the error) when
+    the start is still visible in the first half.
+    """
+    per_chain, n_chains = energy.shape
+    if per_chain < 4 or n_chains < 4:
+        return None
+    half = per_chain // 2
+    drift = energy[:half].mean(0) - energy[half : 2 * half].mean(0)
+    error = float(drift.std()) / math.sqrt(n_chains)
+    if error > 0 and abs(float(drift.mean())) > 5 * error:
+        return (
+            f"mean energy drifts between the halves of the chains ({float(drift.mean()):.3g} +- "
+            f"{error:.2g}): the chains are not thermalized; raise n_thermalize"
+        )
+    return None

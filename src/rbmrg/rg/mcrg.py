@@ -18,8 +18,9 @@ independent Markov chains to a block, never consecutive samples of one chain.
 from __future__ import annotations
 
 import math
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,29 @@ from rbmrg.rg.interactions import EVEN, ODD, Interaction, measure
 from rbmrg.rg.transforms import Transform, iterate
 
 DEFAULT_SETS: dict[str, tuple[Interaction, ...]] = {"even": EVEN, "odd": ODD}
+#: Name of an exponent -> the interaction set it comes from.
+EXPONENT_SET = {"y_t": "even", "y_h": "odd"}
+#: Fewest jackknife blocks for an error bar one can trust (the error of the error is ~1/sqrt(2 n)).
+MIN_BLOCKS = 20
+
+
+def check_blocks(
+    n_blocks: int, n_chains: int, names: tuple[str, str] = ("n_blocks", "n_chains")
+) -> None:
+    """Raise a ValueError naming the setting unless MIN_BLOCKS <= n_blocks <= n_chains.
+
+    Every jackknife block holds whole independent chains, so there can be no more blocks than chains.
+    """
+    if n_blocks < MIN_BLOCKS:
+        raise ValueError(
+            f"{names[0]}={n_blocks}: use at least {MIN_BLOCKS} jackknife blocks for a trustworthy "
+            "error bar"
+        )
+    if n_blocks > n_chains:
+        raise ValueError(
+            f"{names[0]}={n_blocks} > {names[1]}={n_chains}: every jackknife block needs its own "
+            "independent chains"
+        )
 
 
 class MCRGAccumulator:
@@ -203,6 +227,50 @@ class MCRGAccumulator:
             )
         return full, err
 
+    def ordered_exponents(
+        self, set_name: str, order: list[str], scale: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(y, jackknife error, leave-one-block-out values) for the interactions of ``set_name``
+        taken in ``order`` (their names): N_c = n uses the first n names of ``order``.
+
+        Shapes (N_r, len(order)), (N_r, len(order)) and (n_blocks, N_r, len(order)). The sums hold
+        the covariance of every measured interaction, so each ordering of a superset is a choice
+        of rows and columns of one pass; the leave-one-out values give jackknife errors of
+        differences between orders or N_c. Entries that do not fit a level, or with a singular A,
+        are NaN (without a warning: :meth:`exponents` reports those).
+        """
+        if self.n_samples == 0:
+            raise RuntimeError("no samples accumulated")
+        names = [interaction.name for interaction in self.sets[set_name]]
+        missing = [name for name in order if name not in names]
+        if missing:
+            raise KeyError(f"{missing} are not in the accumulated set {set_name!r}: {names}")
+        # Column of each named interaction within a level (level n adds n * width).
+        start = self._index(0, set_name, 1)[0]
+        positions = [start + names.index(name) for name in order]
+        chosen = [self.sets[set_name][names.index(name)] for name in order]
+        odd = all(len(term) % 2 for interaction in chosen for term in interaction.terms)
+        valid = self.valid.cpu().numpy()
+
+        def estimate(leave_out: int | None) -> np.ndarray:
+            _, cov = self._moments(leave_out)
+            y = np.full((self.n_levels - 1, len(order)), np.nan)
+            for level in range(self.n_levels - 1):
+                for n_c in range(1, len(order) + 1):
+                    lower = [level * self.width + p for p in positions[:n_c]]
+                    upper = [(level + 1) * self.width + p for p in positions[:n_c]]
+                    if valid[lower + upper].all():
+                        y[level, n_c - 1] = leading_exponent(
+                            cov[np.ix_(upper, upper)], cov[np.ix_(upper, lower)], scale, odd=odd
+                        )
+            return y
+
+        full = estimate(None)
+        jack = np.stack([estimate(j) for j in range(self.n_blocks)])
+        n = self.n_blocks
+        err = np.sqrt((n - 1) / n * ((jack - jack.mean(0)) ** 2).sum(0))
+        return full, err, jack
+
     def level_means(self, set_name: str, level: int = 0, per_site: bool = True) -> list[dict]:
         """Mean of each interaction of ``set_name`` on ``level`` (divided by the number of sites)."""
         n_set = len(self.sets[set_name])
@@ -267,6 +335,8 @@ class MCRGResult:
     level0: list[dict] = field(default_factory=list)
     n_samples: int = 0
     lattice_sizes: list[int] = field(default_factory=list)
+    #: Wall time spent transforming, measuring and accumulating (not in producing the batches).
+    seconds: float = 0.0
 
 
 def summarize(acc: MCRGAccumulator, scale: float) -> MCRGResult:
@@ -295,28 +365,61 @@ def chain_blocks(n_chains: int, n_blocks: int, device: torch.device | str = "cpu
 
 def run_mcrg(
     batches: Iterable[tuple[torch.Tensor, ...]],
-    transforms: list[Transform],
+    transforms: Sequence[Transform],
     n_rg_steps: int,
     scale: float,
     *,
     n_blocks: int = 20,
     sets: dict[str, tuple[Interaction, ...]] | None = None,
     generator: torch.Generator | None = None,
+    batch_size: int | None = None,
 ) -> MCRGResult:
-    """MCRG over ``batches`` of ``(spins, block_index)``: transform, measure, accumulate, solve.
+    """The MCRG driver: transform, measure, accumulate and solve, over ``batches``.
 
-    A batch may also be ``(spins, block_index, level0_values)`` with the interactions of ``spins``
-    measured beforehand (see :meth:`MCRGAccumulator.update` and :func:`level0_values`).
+    Each batch is ``(spins, block_index)`` or ``(spins, block_index, level0_values)`` with the
+    interactions of ``spins`` measured beforehand (see :meth:`MCRGAccumulator.update` and
+    :func:`level0_values`). With ``batch_size``, consecutive batches are stacked and transformed
+    together until one more would exceed ``batch_size`` rows (a stream of one sampler sweep at a
+    time becomes passes of ~``batch_size`` configurations); batches that wait are copied, since a
+    sampler may reuse its state buffer. Every caller (the training callback, evaluate, the
+    benchmarks) goes through here, so a given stream and seed give the same numbers everywhere.
     """
     acc: MCRGAccumulator | None = None
-    for spins, blocks, *cached in batches:
+    waiting: list[tuple[torch.Tensor, ...]] = []
+    seconds = 0.0
+
+    def flush() -> None:
+        nonlocal acc, seconds
+        start = time.perf_counter()
+        if len(waiting) == 1:
+            spins, blocks, *cached = waiting[0]
+        else:
+            columns = list(zip(*waiting, strict=True))
+            spins, blocks, *cached = (torch.cat(column) for column in columns)
+        waiting.clear()
         if acc is None:
             acc = MCRGAccumulator(n_rg_steps + 1, n_blocks, sets, device=spins.device)
         levels = iterate(spins, transforms, n_rg_steps, generator)
         acc.update(levels, blocks, cached[0] if cached else None)
+        seconds += time.perf_counter() - start
+
+    rows = 0
+    for batch in batches:
+        size = batch[0].shape[0]
+        rows += size
+        if batch_size is None or rows + size > batch_size:
+            waiting.append(batch)
+            flush()
+            rows = 0
+        else:
+            waiting.append(tuple(part.clone() for part in batch))
+    if waiting:
+        flush()
     if acc is None:
         raise ValueError("no configurations given to MCRG")
-    return summarize(acc, scale)
+    result = summarize(acc, scale)
+    result.seconds = seconds
+    return result
 
 
 def level0_values(

@@ -4,14 +4,24 @@ A transformation is a callable ``transform(spins, generator) -> block_spins`` on
 shape ``(batch, L, ..., L)`` with values +1/-1. Stochastic ones draw from ``generator``, so MCRG runs
 are reproducible. Block (p, q) covers the sites (b p + u, b q + v), 0 <= u, v < b; the RBM filter uses
 the same anchoring, so every transformation here lines up with the same block lattice.
+
+MCRG uses a transformation as an :class:`RGTransform`: the callable of every level, the scale factor
+b, and for a learned one its filter sizes. The factories :func:`majority_rule`,
+:func:`decimation_rule` and :func:`learned` build one from settings (the ``_target_`` of
+``conf/transform/*.yaml``), and :func:`level_sizes` is the one place that decides how many RG steps a
+lattice allows.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
+from rbmrg import checks
+from rbmrg.checkpoint import load_rbm
 from rbmrg.rg.rbm import ConvRBM
 
 Transform = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
@@ -79,3 +89,118 @@ def iterate(
         transform = transforms[min(step, len(transforms) - 1)]
         levels.append(transform(levels[-1], generator))
     return levels
+
+
+#: The smallest lattice an RG step may produce: 4 sites per axis (below that the nearest and
+#: next-nearest neighbours of a periodic lattice coincide and no interaction set is defined).
+MIN_LEVEL_SIZE = 4
+
+
+@dataclass(frozen=True)
+class RGTransform:
+    """An RG transformation as MCRG uses it.
+
+    Attributes:
+        name: ``"rbm"``, ``"majority"`` or ``"decimation"``.
+        scale: the scale factor b (lattice sites per block along an axis).
+        rule: the callable of a fixed rule, the same at every level.
+        filters: a learned transformation's filters, one per RG step or one reused at every level.
+        sources: the checkpoint file of each filter.
+    """
+
+    name: str
+    scale: int
+    rule: Transform | None = None
+    filters: tuple[ConvRBM, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    @property
+    def filter_sizes(self) -> tuple[int, ...]:
+        return tuple(f.filter_size for f in self.filters)
+
+    def window(self, step: int) -> int:
+        """Side of the window RG step ``step`` (0-based) reads: the filter size, or b for a block rule."""
+        if not self.filters:
+            return self.scale
+        return self.filters[min(step, len(self.filters) - 1)].filter_size
+
+    def steps(self, device: str | torch.device = "cpu") -> list[Transform]:
+        """The callables of :func:`iterate`, with learned filters moved to ``device``."""
+        if self.rule is not None:
+            return [self.rule]
+        return [rbm(f.to(device)) for f in self.filters]
+
+
+def majority_rule(block_size: int = 2) -> RGTransform:
+    """Swendsen's majority rule on ``block_size``^d blocks (``transform=majority``)."""
+    b = checks.integer("transform.block_size", block_size, 2)
+    return RGTransform("majority", b, rule=majority(b))
+
+
+def decimation_rule(block_size: int = 2) -> RGTransform:
+    """Decimation, the first spin of every block (``transform=decimation``)."""
+    b = checks.integer("transform.block_size", block_size, 2)
+    return RGTransform("decimation", b, rule=decimation(b))
+
+
+def learned(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike] | None) -> RGTransform:
+    """The learned weight factor of one checkpoint, or one checkpoint per RG step (``transform=rbm``).
+
+    ``ckpt_path`` is a Lightning checkpoint of the training module or a plain filter file
+    (:mod:`rbmrg.checkpoint`); the files are read here, safely, so a bad one is reported before any
+    sampling.
+    """
+    if ckpt_path is None:
+        raise ValueError(
+            "ckpt_path=null: transform=rbm needs a checkpoint of the learned filter "
+            "(python evaluate.py ckpt_path=...), or choose transform=majority"
+        )
+    paths = [ckpt_path] if isinstance(ckpt_path, str | os.PathLike) else list(ckpt_path)
+    paths = [str(path) for path in paths]
+    filters = tuple(load_rbm(path) for path in paths)
+    strides = {f.stride for f in filters}
+    if len(strides) != 1:
+        raise ValueError(
+            f"ckpt_path: the filters have different strides {sorted(strides)}; y = ln(lambda)/ln(b) "
+            "needs one scale factor b"
+        )
+    return RGTransform("rbm", strides.pop(), filters=filters, sources=tuple(paths))
+
+
+def level_sizes(
+    L: int,
+    transform: RGTransform,
+    n_rg_steps: int,
+    names: tuple[str, str] = ("data.L", "mcrg.n_rg_steps"),
+) -> list[int]:
+    """Linear sizes of levels 0..n_rg_steps, or a ValueError naming the settings (``names``).
+
+    Each level must be divisible by b, hold the window of the step applied to it (the learned
+    filter is reapplied on every level, as in the paper), and the new level must keep at least
+    :data:`MIN_LEVEL_SIZE` sites per axis.
+    """
+    if len(transform.filters) not in (0, 1, n_rg_steps):
+        raise ValueError(
+            f"ckpt_path: {len(transform.filters)} files for {names[1]}={n_rg_steps}; give one file "
+            "(reused at every level) or one per RG step"
+        )
+    b = transform.scale
+    sizes = [L]
+    for step in range(n_rg_steps):
+        size = sizes[-1]
+        where = f"{names[0]}={L} with {names[1]}={n_rg_steps}: level {step} has L={size}"
+        if size % b:
+            raise ValueError(f"{where}, not divisible by the scale factor b={b}")
+        f = transform.window(step)
+        if f > size:
+            raise ValueError(
+                f"{where}: the {f}x{f} filter does not fit level {step} (L={size}); use fewer RG "
+                "steps or a larger lattice"
+            )
+        if size // b < MIN_LEVEL_SIZE:
+            raise ValueError(
+                f"{where}: one more step would leave a {size // b}-site level, fewer than "
+                f"{MIN_LEVEL_SIZE}; use fewer RG steps or a larger lattice"
+            )
+        sizes.append(size // b)
+    return sizes

@@ -1,0 +1,273 @@
+"""Table 1 of Chung & Kao: MCRG exponents of a learned filter or a fixed RG transformation.
+
+Fresh configurations are drawn with the evaluation's own seed (``data.seed``), transformed
+``mcrg.n_rg_steps`` times and measured on the fly by the one MCRG driver (:func:`rbmrg.rg.mcrg.run_mcrg`);
+nothing but float64 sums is kept, so memory does not grow with ``mcrg.n_samples``. The thermal
+exponent y_t comes from the even interactions, the magnetic exponent y_h from the odd ones, for
+N_c = 1..7 and N_r = 1..n_rg_steps, with jackknife errors over ``mcrg.n_blocks`` blocks of whole
+independent chains (docs/mcrg.md).
+
+:func:`make_plan` checks every setting and reads the checkpoints before any sampling; :func:`run`
+samples and measures; :func:`evaluate` does both and writes the files of :mod:`rbmrg.reports`.
+``evaluate.py`` is the Hydra entry point over :func:`evaluate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import rbmrg
+from rbmrg import checks, reports
+from rbmrg.lattice.model import IsingModel, bond_sum, exact_exponents, magnetization
+from rbmrg.lattice.samplers import check_algorithm, make_sampler
+from rbmrg.lattice.sampling import (
+    integrated_autocorrelation_time,
+    iterate_samples,
+    thermalization_drift,
+    validate_sampling,
+)
+from rbmrg.progress import progress_display
+from rbmrg.rg.interactions import EVEN, ODD, interaction_names
+from rbmrg.rg.mcrg import EXPONENT_SET, chain_blocks, check_blocks, run_mcrg
+from rbmrg.rg.transforms import RGTransform, level_sizes
+
+log = logging.getLogger("evaluate")
+
+#: Chains whose energy and |M| series are kept for tau_int and the thermalization check.
+TAU_CHAINS = 100
+
+
+@dataclass
+class Plan:
+    """Everything a run needs, checked before any sampling."""
+
+    transform: RGTransform
+    model: IsingModel
+    lattice_sizes: list[int]
+    sampler: dict[str, Any]
+    device: torch.device
+    n_samples: int
+    n_rg_steps: int
+    n_blocks: int
+    batch_size: int
+    mcrg_seed: int
+
+
+def make_plan(cfg: DictConfig) -> Plan:
+    """Check every setting of ``cfg`` and build the run; a ValueError names the first bad one."""
+    device = checks.device("data.device", cfg.data.device)
+    transform: RGTransform = instantiate(cfg.transform)
+    if transform.name != "rbm" and cfg.get("ckpt_path") is not None:
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path!r} is given but transform={transform.name!r} uses no "
+            "checkpoint; drop ckpt_path or set transform=rbm"
+        )
+    data, mcrg = cfg.data, cfg.mcrg
+    try:
+        model = IsingModel(L=data.L, coupling=data.coupling, dim=data.dim)
+    except ValueError as error:
+        raise ValueError(f"data.{error}") from error
+    n_rg_steps = checks.integer("mcrg.n_rg_steps", mcrg.n_rg_steps, 1)
+    sizes = level_sizes(model.L, transform, n_rg_steps)
+    algorithm = str(data.algorithm)
+    try:
+        check_algorithm(algorithm, model.dim)
+    except ValueError as error:
+        raise ValueError(f"data.{error}") from error
+    sampler = {
+        "algorithm": algorithm,
+        "n_chains": checks.integer("data.n_chains", data.n_chains, 1),
+        "n_thermalize": checks.integer("data.n_thermalize", data.n_thermalize, 0),
+        "n_between": checks.integer("data.n_between", data.n_between, 1),
+        "seed": checks.integer("data.seed", data.seed, 0),
+        "device": str(device),
+    }
+    n_samples = checks.integer("mcrg.n_samples", mcrg.n_samples, 1)
+    validate_sampling(
+        n_samples,
+        sampler["n_chains"],
+        sampler["n_thermalize"],
+        sampler["n_between"],
+        names=("mcrg.n_samples", "data.n_chains", "data.n_thermalize", "data.n_between"),
+    )
+    n_blocks = checks.integer("mcrg.n_blocks", mcrg.n_blocks, 1)
+    check_blocks(n_blocks, sampler["n_chains"], ("mcrg.n_blocks", "data.n_chains"))
+    return Plan(
+        transform=transform,
+        model=model,
+        lattice_sizes=sizes,
+        sampler=sampler,
+        device=device,
+        n_samples=n_samples,
+        n_rg_steps=n_rg_steps,
+        n_blocks=n_blocks,
+        batch_size=checks.integer("mcrg.batch_size", mcrg.batch_size, 1),
+        mcrg_seed=checks.integer("mcrg.seed", mcrg.seed, 0),
+    )
+
+
+class _Tracked:
+    """The sample stream with block indices, keeping E and |M| of a few chains for tau_int."""
+
+    def __init__(self, plan: Plan, progress: Any) -> None:
+        self.plan = plan
+        self.progress = progress
+        self.n_tau = min(plan.sampler["n_chains"], TAU_CHAINS)
+        self.energy: list[torch.Tensor] = []
+        self.abs_magnetization: list[torch.Tensor] = []
+        self.thermalize_seconds = 0.0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        plan, start = self.plan, time.perf_counter()
+        blocks = chain_blocks(plan.sampler["n_chains"], plan.n_blocks, plan.device)
+        warm = self.progress.add_task(f"thermalizing {plan.sampler['n_thermalize']} sweeps")
+        task = self.progress.add_task("sampling", total=plan.n_samples, visible=False)
+        samples = iterate_samples(
+            plan.model,
+            plan.n_samples,
+            algorithm=plan.sampler["algorithm"],
+            n_chains=plan.sampler["n_chains"],
+            n_thermalize=plan.sampler["n_thermalize"],
+            n_between=plan.sampler["n_between"],
+            seed=plan.sampler["seed"],
+            device=plan.device,
+            progress=lambda done: self.progress.update(task, completed=done),
+        )
+        for index, spins in enumerate(samples):
+            if index == 0:
+                self.thermalize_seconds = time.perf_counter() - start
+                self.progress.update(warm, visible=False)
+                self.progress.update(task, visible=True)
+            self.energy.append(bond_sum(spins[: self.n_tau], plan.model.dim).cpu())
+            self.abs_magnetization.append(magnetization(spins[: self.n_tau]).abs().cpu())
+            yield spins, blocks
+
+
+def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
+    """Sample, transform, accumulate and solve; returns the record written to mcrg.json."""
+    start = time.perf_counter()
+    generator = torch.Generator(device=plan.device)
+    generator.manual_seed(plan.mcrg_seed)
+    with progress_display("samples", enabled=show_progress) as progress:
+        stream = _Tracked(plan, progress)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run_mcrg(
+                stream,
+                plan.transform.steps(plan.device),
+                plan.n_rg_steps,
+                plan.transform.scale,
+                n_blocks=plan.n_blocks,
+                generator=generator,
+                batch_size=plan.batch_size,
+            )
+    messages = sorted({str(w.message) for w in caught})
+    energy = torch.stack(stream.energy)
+    drift = thermalization_drift(energy)
+    if drift is not None:
+        messages.insert(0, f"NOT THERMALIZED: {drift} (data.n_thermalize)")
+    for message in messages:
+        log.warning(message)
+    total = time.perf_counter() - start
+    record: dict[str, Any] = {
+        "transform": plan.transform.name,
+        "ckpt_path": list(plan.transform.sources) or None,
+        "filter_size": list(plan.transform.filter_sizes) or None,
+        "scale_factor": plan.transform.scale,
+        "L": plan.model.L,
+        "dim": plan.model.dim,
+        "coupling": plan.model.coupling,
+        "n_samples": result.n_samples,
+        "n_rg_steps": plan.n_rg_steps,
+        "lattice_sizes": plan.lattice_sizes,
+        "n_blocks": plan.n_blocks,
+        "even_set": interaction_names(EVEN),
+        "odd_set": interaction_names(ODD),
+    }
+    for exponent, set_name in EXPONENT_SET.items():
+        record[exponent] = result.y[set_name].tolist()
+        record[f"{exponent}_err"] = result.err[set_name].tolist()
+    record.update(
+        {
+            "exact": exact_exponents(plan.model.dim),
+            "level0": result.level0,
+            "sampler": {**plan.sampler, "details": _sampler_details(plan)},
+            "tau_int": {
+                "energy": integrated_autocorrelation_time(energy),
+                "abs_magnetization": integrated_autocorrelation_time(
+                    torch.stack(stream.abs_magnetization)
+                ),
+                "unit": "n_between sweeps (1/2 = uncorrelated)",
+                "n_chains_used": stream.n_tau,
+            },
+            "thermalized": drift is None,
+            "mcrg_seed": plan.mcrg_seed,
+            "warnings": messages,
+            "wall_time_s": {
+                "total": total,
+                "mcrg": result.seconds,
+                "sampling": total - result.seconds,
+                "thermalize": stream.thermalize_seconds,
+            },
+            "versions": {
+                "rbmrg": rbmrg.__version__,
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+                "python": platform.python_version(),
+            },
+            "machine": platform.node(),
+            "command": " ".join(sys.argv),
+        }
+    )
+    return record
+
+
+def _sampler_details(plan: Plan) -> dict[str, Any]:
+    """Algorithm-specific settings (e.g. Wolff clusters per sweep), JSON-safe."""
+    sampler = make_sampler(plan.model, plan.sampler["algorithm"], "cpu", plan.sampler["seed"])
+    return {
+        str(k): v if isinstance(v, int | float | str | bool) else str(v)
+        for k, v in (sampler.details or {}).items()
+    }
+
+
+def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Check, refuse a directory that holds results, run, write; returns the record."""
+    plan = make_plan(cfg)
+    reports.check_output_dir(output_dir)
+    log.info(
+        "MCRG %s: L=%d, levels %s, %d samples from %d %s chains on %s",
+        plan.transform.name,
+        plan.model.L,
+        plan.lattice_sizes,
+        plan.n_samples,
+        plan.sampler["n_chains"],
+        plan.sampler["algorithm"],
+        plan.device,
+    )
+    record = run(plan, show_progress=checks.flag("progress", cfg.get("progress", False)))
+    record["config"] = OmegaConf.to_container(cfg, resolve=True)
+    reports.write_outputs(record, output_dir)
+    print(reports.table_markdown(record))
+    log.info(
+        "tau_int(E) = %.2f, tau_int(|M|) = %.2f (units of n_between sweeps); wall time %.1f s; "
+        "results in %s",
+        record["tau_int"]["energy"],
+        record["tau_int"]["abs_magnetization"],
+        record["wall_time_s"]["total"],
+        output_dir,
+    )
+    return record

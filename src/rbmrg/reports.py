@@ -1,0 +1,78 @@
+"""What evaluate writes: mcrg.json, mcrg.csv and table1.md (the paper's Table 1 layout).
+
+Every file is created with mode ``x``: a file that exists is never overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rbmrg.rg.mcrg import EXPONENT_SET, format_value
+
+OUTPUT_FILES = ("mcrg.json", "mcrg.csv", "table1.md")
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and inf become null (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def table_markdown(record: dict[str, Any]) -> str:
+    """Table 1 layout: rows N_c, columns (exponent, N_r), values in the paper's 1.0001(11) notation."""
+    n_r = record["n_rg_steps"]
+    n_c = len(record["y_t"][0])
+    exact = record["exact"]
+    heads = [f"{e} N_r={r}" for e in EXPONENT_SET for r in range(1, n_r + 1)]
+    lines = [
+        f"MCRG, transform={record['transform']}, L={record['L']}, K={record['coupling']:.10g}, "
+        f"{record['n_samples']} samples, {record['n_blocks']} jackknife blocks "
+        f"(exact: y_t = {exact['y_t']:.6g}, y_h = {exact['y_h']:.6g})",
+        "",
+    ]
+    if not record.get("thermalized", True):
+        lines += ["**WARNING: the chains were not thermalized; these numbers are not valid.**", ""]
+    lines += ["| N_c | " + " | ".join(heads) + " |", "|---:|" + "---:|" * len(heads)]
+    for c in range(n_c):
+        cells = [
+            format_value(record[e][r][c], record[f"{e}_err"][r][c])
+            for e in EXPONENT_SET
+            for r in range(n_r)
+        ]
+        lines.append(f"| {c + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse a directory that already holds results (a fixed hydra.run.dir reused)."""
+    existing = [name for name in OUTPUT_FILES if (output_dir / name).exists()]
+    if existing:
+        raise FileExistsError(
+            f"hydra.run.dir={str(output_dir)!r} already holds {existing}; earlier results are "
+            "never overwritten, choose a new directory"
+        )
+
+
+def write_outputs(record: dict[str, Any], output_dir: Path) -> None:
+    """mcrg.json, mcrg.csv and table1.md in ``output_dir`` (which must not hold them yet)."""
+    with open(output_dir / "mcrg.json", "x") as file:
+        json.dump(json_safe(record), file, indent=2)
+    with open(output_dir / "mcrg.csv", "x", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["exponent", "N_r", "N_c", "value", "error", "formatted"])
+        for e in EXPONENT_SET:
+            for r, row in enumerate(record[e]):
+                for c, value in enumerate(row):
+                    error = record[f"{e}_err"][r][c]
+                    writer.writerow([e, r + 1, c + 1, value, error, format_value(value, error)])
+    with open(output_dir / "table1.md", "x") as file:
+        file.write(table_markdown(record))
