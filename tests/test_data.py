@@ -1,12 +1,18 @@
 """IsingDataModule: settings checked up front, cache reused and validated, batches as promised."""
 
+import dataclasses
+import math
 import os
+import stat
+import struct
 import warnings
 from collections import Counter
 
 import pytest
 import torch
 
+from rbmrg.lattice.sampling import SampleSet
+from rbmrg.training import data as data_module
 from rbmrg.training.data import IsingDataModule, ShuffledBatches, progress_bar
 
 SMALL = dict(L=8, n_train=200, n_val=400, n_chains=20, n_thermalize=20, n_between=2, progress=False)
@@ -82,6 +88,99 @@ def test_corrupt_cache_is_detected_and_regenerated(tmp_path, damage, reason):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make(tmp_path).setup()
+
+
+@pytest.mark.parametrize("field", ["energy", "magnetization", "tau_int_energy"])
+def test_flipped_byte_outside_the_spins_is_detected(tmp_path, field):
+    """Every stored field has its own checksum, not only the spins.
+
+    One byte of the field's stored bytes is changed (a tensor's raw data, or the float in the pickle)
+    so that the file still loads and the value is still plausible: only its checksum can tell.
+    """
+    good = make(tmp_path)
+    good.setup()
+    path = good.cache_path(200, 0)
+    raw = path.read_bytes()
+    value = getattr(good.train_set, field)
+    if isinstance(value, torch.Tensor):
+        stored = value.numpy().tobytes()
+        offset = 3  # a low mantissa byte of the first entry
+    else:
+        stored = b"G" + struct.pack(">d", value)  # pickle BINFLOAT: opcode, big-endian double
+        offset = 8  # its last mantissa byte
+    assert raw.count(stored) == 1
+    position = raw.find(stored) + offset
+    patched = bytearray(raw)
+    patched[position] ^= 0x01
+    path.write_bytes(bytes(patched))
+    again = make(tmp_path)
+    with pytest.warns(RuntimeWarning, match=f"corrupt.*checksum mismatch in {field}"):
+        again.setup()
+    regenerated = getattr(again.train_set, field)
+    assert (
+        torch.equal(regenerated, value) if isinstance(value, torch.Tensor) else regenerated == value
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(tmp_path).setup()
+
+
+def test_cache_round_trip_keeps_every_field(tmp_path):
+    first = make(tmp_path)
+    first.setup()
+    again = make(tmp_path)
+    again.setup()  # from the cache
+    for name in [f.name for f in dataclasses.fields(SampleSet)]:
+        stored, drawn = getattr(again.train_set, name), getattr(first.train_set, name)
+        if isinstance(drawn, torch.Tensor):
+            assert torch.equal(stored, drawn) and stored.dtype == drawn.dtype, name
+        else:
+            assert stored == drawn or (math.isnan(stored) and math.isnan(drawn)), name
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_cache_files_get_the_mode_of_an_ordinary_file(tmp_path, umask):
+    """0666 minus the umask, as for any new file, so a group sharing the cache can read it."""
+    previous = os.umask(umask)
+    try:
+        make(tmp_path).setup()
+    finally:
+        os.umask(previous)
+    files = list(tmp_path.iterdir())
+    assert len(files) == 2
+    assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o666 & ~umask}
+
+
+def test_cache_directory_that_is_a_file_is_refused_before_sampling(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "draw_samples", _no_sampling)
+    target = tmp_path / "cache"
+    target.write_text("earlier results")
+    for data_dir in (target, target / "sub"):
+        with pytest.raises(ValueError, match="data.data_dir=") as error:
+            make(tmp_path, data_dir=str(data_dir))
+        assert str(target) in str(error.value)
+    assert target.read_text() == "earlier results"
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write any directory"
+)
+def test_cache_directory_that_cannot_be_written_is_refused_before_sampling(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "draw_samples", _no_sampling)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        for data_dir in (locked, locked / "sub"):
+            with pytest.raises(ValueError, match="data.data_dir=.*cannot be"):
+                make(tmp_path, data_dir=str(data_dir))
+    finally:
+        locked.chmod(0o755)
+    assert not any(locked.iterdir())
+
+
+def _no_sampling(*args, **kwargs):
+    raise AssertionError("sampled although the cache directory is unusable")
 
 
 def test_no_temporary_files_left(tmp_path):

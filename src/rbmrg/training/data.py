@@ -7,11 +7,11 @@ model, from different seeds:
   minibatches of 10;
 * the held-out set (5 x 10^4 configurations) that the MCRG callback measures exponents on.
 
-Both are cached on disk, one file per set, named by a hash of everything that determines its content
-(model, algorithm, counts, chains, sweeps, seed, sampling device type, format version). Files are
-written atomically (temporary file, then ``os.replace``) and validated on load: the stored settings,
-shape, dtype, values +1/-1 and a BLAKE2 checksum of the spins. A file that fails any check is reported
-with a warning and regenerated, never used.
+Both are cached on disk by :class:`rbmrg.training.cache.SampleCache`, one file per set, named by a
+hash of everything that determines its content (model, algorithm, counts, chains, sweeps, seed,
+sampling device type, format version), written atomically, every stored field checksummed and checked
+on load; a file that fails any check is reported with a warning and regenerated, never used. A cache
+directory that cannot be written is refused in ``__init__``.
 
 Every setting is checked in ``__init__``, before any sampling, and a bad one raises a ValueError that
 names it.
@@ -20,11 +20,7 @@ names it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,9 +31,7 @@ import torch
 from rbmrg.lattice.model import IsingModel
 from rbmrg.lattice.samplers import DEFAULT_ALGORITHM, check_algorithm
 from rbmrg.lattice.sampling import SampleSet, draw_samples
-
-#: Bump when the cache layout or the sampler's output for given settings changes.
-CACHE_FORMAT = 1
+from rbmrg.training.cache import CACHE_FORMAT, SampleCache
 
 
 @contextlib.contextmanager
@@ -161,7 +155,8 @@ class IsingDataModule(pl.LightningDataModule):
         n_between: sweeps between kept configurations of a chain.
         batch_size: configurations per training minibatch.
         train_seed, val_seed: seeds of the two sets; must differ, so the sets are independent.
-        data_dir: cache directory; ``None`` keeps the sets in memory only.
+        data_dir: cache directory (created if needed; must be writable); ``None`` keeps the sets in
+            memory only.
         device: torch device the sampling runs on (the compiled samplers run on the CPU regardless).
         progress: show a progress bar with ETA while sampling.
     """
@@ -227,9 +222,12 @@ class IsingDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.train_seed, self.val_seed = train_seed, val_seed
         self.data_dir = None if data_dir is None else Path(data_dir)
+        self.cache = None if data_dir is None else SampleCache(data_dir, "data.data_dir")
         self.show_progress = progress
         self.train_set: SampleSet | None = None
         self.val_set: SampleSet | None = None
+        if self.cache is not None:
+            self.cache.check_writable()  # last: every other setting is reported first
 
     # ----------------------------------------------------------------------------------------------
     # Cache
@@ -257,74 +255,14 @@ class IsingDataModule(pl.LightningDataModule):
         return "cpu"
 
     def cache_path(self, n_samples: int, seed: int) -> Path | None:
-        if self.data_dir is None:
+        if self.cache is None:
             return None
-        text = json.dumps(self.settings(n_samples, seed), sort_keys=True)
-        digest = hashlib.sha256(text.encode()).hexdigest()[:20]
-        return self.data_dir / f"ising_L{self.ising.L}_{n_samples}_{digest}.pt"
-
-    def _load(self, path: Path, n_samples: int, seed: int) -> SampleSet | None:
-        """The cached set at ``path`` if it exists and passes every check, else None (warned)."""
-        if not path.exists():
-            return None
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            problem = _validate(stored, self.settings(n_samples, seed), self.ising)
-        except Exception as error:  # truncated or not a torch file at all
-            problem = f"unreadable ({type(error).__name__}: {error})"
-        if problem is not None:
-            warnings.warn(
-                f"cache file {path} is corrupt or stale: {problem}; regenerating it",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return None
-        return SampleSet(
-            spins=stored["spins"],
-            n_chains=stored["n_chains"],
-            energy=stored["energy"],
-            tau_int_energy=stored["tau_int_energy"],
-            n_between=stored["n_between"],
-            magnetization=stored["magnetization"],
-            tau_int_abs_magnetization=stored["tau_int_abs_magnetization"],
-            tau_int_energy_error=stored["tau_int_energy_error"],
-            tau_int_abs_magnetization_error=stored["tau_int_abs_magnetization_error"],
-        )
-
-    def _save(self, path: Path, samples: SampleSet, n_samples: int, seed: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        spins = samples.spins.cpu().contiguous()
-        payload = {
-            "settings": json.dumps(self.settings(n_samples, seed), sort_keys=True),
-            "spins": spins,
-            "checksum": _checksum(spins),
-            "n_chains": samples.n_chains,
-            "energy": samples.energy.cpu(),
-            "magnetization": samples.magnetization.cpu(),
-            "tau_int_energy": samples.tau_int_energy,
-            "tau_int_energy_error": samples.tau_int_energy_error,
-            "tau_int_abs_magnetization": samples.tau_int_abs_magnetization,
-            "tau_int_abs_magnetization_error": samples.tau_int_abs_magnetization_error,
-            "n_between": samples.n_between,
-        }
-        # Write next to the target, then rename: a crash leaves either the old file or none, never
-        # half a file under the final name.
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                torch.save(payload, stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
+        return self.cache.path(self.settings(n_samples, seed), f"ising_L{self.ising.L}_{n_samples}")
 
     def _obtain(self, n_samples: int, seed: int, label: str) -> SampleSet:
         path = self.cache_path(n_samples, seed)
         if path is not None:
-            cached = self._load(path, n_samples, seed)
+            cached = self.cache.load(path, self.settings(n_samples, seed), self.ising.shape)
             if cached is not None:
                 return cached
         with progress_bar(n_samples, f"sampling {label} set", self.show_progress) as update:
@@ -341,7 +279,7 @@ class IsingDataModule(pl.LightningDataModule):
             )
         _warn_if_correlated(samples, label)
         if path is not None:
-            self._save(path, samples, n_samples, seed)
+            self.cache.save(path, samples, self.settings(n_samples, seed))
         return samples
 
     # ----------------------------------------------------------------------------------------------
@@ -386,36 +324,6 @@ class IsingDataModule(pl.LightningDataModule):
             world_size=world_size,
             epoch_of=(lambda: trainer.current_epoch) if trainer is not None else None,
         )
-
-
-def _checksum(spins: torch.Tensor) -> str:
-    return hashlib.blake2b(spins.numpy().tobytes(), digest_size=16).hexdigest()
-
-
-def _validate(stored, settings: dict, model: IsingModel) -> str | None:
-    """None if ``stored`` is a complete set with ``settings``, else what is wrong with it."""
-    if not isinstance(stored, dict):
-        return "not a dictionary"
-    keys = {"settings", "spins", "checksum", "n_chains", "energy", "magnetization", "n_between"}
-    if missing := keys - set(stored):
-        return f"missing {sorted(missing)}"
-    if stored["settings"] != json.dumps(settings, sort_keys=True):
-        return "written for other settings"
-    spins = stored["spins"]
-    expected = (settings["n_samples"], *model.shape)
-    if not isinstance(spins, torch.Tensor) or tuple(spins.shape) != expected:
-        return f"spins of shape {getattr(spins, 'shape', None)}, expected {expected}"
-    if spins.dtype != torch.int8:
-        return f"spins of dtype {spins.dtype}, expected torch.int8"
-    if not bool((spins.abs() == 1).all()):
-        return "spins other than +1/-1"
-    if _checksum(spins) != stored["checksum"]:
-        return "checksum mismatch"
-    per_chain = settings["n_samples"] // settings["n_chains"]
-    for name in ("energy", "magnetization"):
-        if tuple(stored[name].shape) != (per_chain, settings["n_chains"]):
-            return f"{name} of shape {tuple(stored[name].shape)}"
-    return None
 
 
 def _warn_if_correlated(samples: SampleSet, label: str) -> None:
