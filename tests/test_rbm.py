@@ -165,7 +165,13 @@ def test_visible_field_is_the_adjoint_of_hidden_field(size, filter_size, stride)
 
 @pytest.mark.parametrize(
     "size, filter_size, stride, setting",
-    [(4, 8, 2, "filter_size"), (9, 3, 2, "stride"), (10, 3, 4, "stride"), (8, 0, 2, "filter_size")],
+    [
+        (4, 8, 2, "filter_size"),
+        (9, 3, 2, "stride"),
+        (10, 3, 4, "stride"),
+        (8, 0, 2, "filter_size"),
+        (8, 2, 1, "model.stride=1"),  # b = 1: no scale factor, y = ln(lambda) / ln(b) undefined
+    ],
 )
 def test_geometry_errors_name_the_setting(size, filter_size, stride, setting):
     with pytest.raises(ValueError, match=setting):
@@ -249,3 +255,66 @@ def test_short_cd_training_lowers_the_exact_kl():
         optimizer.step()
     kl_end, _ = exact_kl_and_gradient(model, states, target)
     assert kl_end < 0.7 * kl_start, (kl_start, kl_end)
+
+
+# ------------------------------------------------------------------------------------------------
+# The simple cubic lattice (dim = 3)
+
+
+def dense_weights_3d(weight: torch.Tensor, L: int, stride: int) -> torch.Tensor:
+    """W_ij of Eq. (3) on the L^3 lattice, shape (L^3, (L/b)^3), built site by site from the filter."""
+    f, m = weight.shape[0], L // stride
+    dense = torch.zeros(L**3, m**3, dtype=torch.float64)
+    for p, q, r, u, v, w in itertools.product(*[range(m)] * 3, *[range(f)] * 3):
+        i, j, k = ((stride * c + o) % L for c, o in zip((p, q, r), (u, v, w), strict=True))
+        dense[(i * L + j) * L + k, (p * m + q) * m + r] += weight[u, v, w]
+    return dense
+
+
+@pytest.mark.parametrize(
+    "size, filter_size, stride", [(4, 1, 2), (4, 2, 2), (4, 3, 2), (4, 4, 2), (6, 5, 3), (6, 2, 3)]
+)
+def test_3d_fields_are_the_dense_products_and_adjoint(size, filter_size, stride):
+    """h = W^T sigma and g = W mu against the dense W of the cubic lattice; <h, mu> = <sigma, g>."""
+    generator = torch.Generator().manual_seed(size * 100 + filter_size * 10 + stride)
+    weight = torch.randn((filter_size,) * 3, generator=generator, dtype=torch.float64)
+    m = size // stride
+    sigma = torch.randn(3, size, size, size, generator=generator, dtype=torch.float64)
+    mu = torch.randn(3, m, m, m, generator=generator, dtype=torch.float64)
+    dense = dense_weights_3d(weight, size, stride)
+    hidden = hidden_field(sigma, weight, stride)
+    visible = visible_field(mu, weight, stride, size)
+    assert hidden.shape == (3, m, m, m) and visible.shape == (3, size, size, size)
+    torch.testing.assert_close(hidden.flatten(1), sigma.flatten(1) @ dense)
+    torch.testing.assert_close(visible.flatten(1), mu.flatten(1) @ dense.T)
+    left = (hidden * mu).sum((1, 2, 3))
+    right = (sigma * visible).sum((1, 2, 3))
+    torch.testing.assert_close(left, right, rtol=1e-12, atol=1e-12)
+
+
+def test_3d_free_energy_is_the_sum_over_all_hidden_states():
+    """F(sigma) = -log sum_mu exp(sigma^T W mu) over all 2^8 block spins of the 4^3 lattice (Eq. 4)."""
+    torch.manual_seed(3)
+    model = ConvRBM(3, 2, init_scale=0.5, dim=3).double()
+    sigma = torch.randint(0, 2, (20, 4, 4, 4), dtype=torch.float64) * 2 - 1
+    dense = dense_weights_3d(model.weight.detach(), 4, 2)
+    mus = all_states(8)  # (256, 8)
+    exact = -torch.logsumexp((sigma.flatten(1) @ dense) @ mus.T, dim=1)
+    torch.testing.assert_close(model.free_energy(sigma).detach(), exact)
+
+
+def test_3d_block_spins_follow_p_mu_given_sigma():
+    """Chi-square of the drawn mu of one block against sigmoid(2 h) for a fixed sigma."""
+    torch.manual_seed(5)
+    model = ConvRBM(2, 2, init_scale=0.6, dim=3).double()
+    sigma = (torch.randint(0, 2, (1, 4, 4, 4), dtype=torch.float64) * 2 - 1).expand(
+        20000, -1, -1, -1
+    )
+    generator = torch.Generator().manual_seed(7)
+    draws = model.sample_hidden(sigma, generator)
+    p_up = model.hidden_probability(sigma[:1]).detach()[0]
+    ups = (draws == 1).sum(0).to(torch.float64)
+    expected = p_up * draws.shape[0]
+    chi2 = (((ups - expected) ** 2) / (expected * (1 - p_up))).sum().item()
+    # 8 independent binomials: chi2 with 8 degrees of freedom; p > 1e-4 for a fixed seed.
+    assert scipy.stats.chi2.sf(chi2, 8) > 1e-4

@@ -3,7 +3,8 @@
 Visible units are the original spins sigma (shape ``(batch, L, L)``, +1/-1), hidden units are the
 block spins mu (shape ``(batch, L/b, L/b)``, +1/-1). One real filter W of size f x f is shared by every
 hidden unit (translation symmetry); hidden unit (p, q) sees the f x f window whose top-left corner is
-site (b p, b q), wrapped periodically. There are no biases, so the model keeps the Z2 symmetry of
+site (b p, b q), wrapped periodically. The same holds on the simple cubic lattice (``dim=3``): an
+f x f x f filter, block spins of shape ``(batch, L/b, L/b, L/b)``. There are no biases, so the model keeps the Z2 symmetry of
 the Ising model.
 
     P(mu | sigma) = exp(sum_ij W_ij sigma_i mu_j) / Y(sigma)             Eq. (3)
@@ -22,50 +23,72 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rbmrg import checks
+
 
 def validate_geometry(L: int, filter_size: int, stride: int) -> None:
-    """Raise a ValueError naming the setting that makes (L, filter_size, stride) unusable."""
-    if not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride={stride!r}: must be an integer >= 1")
-    if not isinstance(filter_size, int) or filter_size < 1:
-        raise ValueError(f"filter_size={filter_size!r}: must be an integer >= 1")
+    """Raise a ValueError naming the setting that makes (L, filter_size, stride) unusable.
+
+    Every RG step needs b >= 2 (b = 1 maps the lattice onto itself: there is no scale factor and
+    y = ln(lambda) / ln(b) is undefined), a filter that fits the lattice, and L divisible by b.
+    """
+    checks.integer("model.stride", stride, 2)
+    checks.integer("model.filter_size", filter_size, 1)
     if filter_size > L:
-        raise ValueError(f"filter_size={filter_size} is larger than the lattice L={L}")
+        raise ValueError(f"model.filter_size={filter_size} is larger than the lattice data.L={L}")
     if L % stride:
-        raise ValueError(f"L={L} is not divisible by the stride {stride}")
+        raise ValueError(f"data.L={L} is not divisible by model.stride={stride}")
+
+
+def _conv(x: torch.Tensor, kernel: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """conv2d or conv3d, by the number of lattice axes of ``x`` (batch, channels, L, ..., L)."""
+    return (F.conv2d if x.ndim == 4 else F.conv3d)(x, kernel, stride=stride)
 
 
 def hidden_field(spins: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
-    """h_(p,q) = sum_(u,v) W_(u,v) sigma_(b p + u, b q + v), indices mod L. Shape (batch, L/b, L/b)."""
-    f = weight.shape[-1]
+    """h_p = sum_u W_u sigma_(b p + u), indices mod L, per axis. Shape (batch, L/b, ..., L/b).
+
+    The lattice dimension d is ``weight.ndim`` (2 or 3); in 2D: h_(p,q) = sum_(u,v) W_(u,v)
+    sigma_(b p + u, b q + v).
+    """
+    f, dim = weight.shape[-1], weight.ndim
     x = spins.to(weight.dtype).unsqueeze(1)
-    # Circular padding on the bottom/right only: window (p, q) starts at (b p, b q).
-    x = F.pad(x, (0, f - 1, 0, f - 1), mode="circular") if f > 1 else x
-    return F.conv2d(x, weight.view(1, 1, f, f), stride=stride).squeeze(1)
+    # Circular padding on the far side of every axis only: window p starts at b p.
+    x = F.pad(x, (0, f - 1) * dim, mode="circular") if f > 1 else x
+    return _conv(x, weight.view(1, 1, *weight.shape), stride).squeeze(1)
 
 
 def visible_field(
     block_spins: torch.Tensor, weight: torch.Tensor, stride: int, L: int
 ) -> torch.Tensor:
-    """g_i = sum_j W_ij mu_j, the adjoint of :func:`hidden_field`. Shape (batch, L, L).
+    """g_i = sum_j W_ij mu_j, the adjoint of :func:`hidden_field`. Shape (batch, L, ..., L).
 
     Polyphase form: along each axis write the site as i = b m + r (0 <= r < b); it receives
-    W[b d + r] mu[m - d] for d = 0..D-1, D = ceil(f / b), indices mod L/b. The b^2 phases r are the
-    output channels of one ordinary periodic convolution of mu, interleaved back by pixel_shuffle.
-    (On a CPU this is several times faster than a transposed convolution with the overhang folded.)
+    W[b d + r] mu[m - d] for d = 0..D-1, D = ceil(f / b), indices mod L/b. The b^d phases r are the
+    output channels of one ordinary periodic convolution of mu, interleaved back (pixel_shuffle in
+    2D). (On a CPU this is several times faster than a transposed convolution with the overhang folded.)
     """
-    f = weight.shape[-1]
+    f, dim = weight.shape[-1], weight.ndim
     b = stride
     taps = -(-f // b)  # D
     if taps * b != f:  # zero taps so that every phase has D of them
-        weight = F.pad(weight, (0, taps * b - f, 0, taps * b - f))
-    # kernel[r b + s, 0, k, l] = W[b (D-1-k) + r, b (D-1-l) + s]: flipped, since conv2d correlates.
-    kernel = weight.view(taps, b, taps, b).flip(0, 2).permute(1, 3, 0, 2)
-    kernel = kernel.reshape(b * b, 1, taps, taps)
+        weight = F.pad(weight, (0, taps * b - f) * dim)
     mu = block_spins.to(weight.dtype).unsqueeze(1)
     if taps > 1:  # mu[m - d], d < D: periodic padding before the first block spin
-        mu = F.pad(mu, (taps - 1, 0, taps - 1, 0), mode="circular")
-    out = F.pixel_shuffle(F.conv2d(mu, kernel), b).squeeze(1)
+        mu = F.pad(mu, (taps - 1, 0) * dim, mode="circular")
+    if dim == 2:
+        # kernel[r b + s, 0, k, l] = W[b (D-1-k) + r, b (D-1-l) + s]: flipped, since conv2d correlates.
+        kernel = weight.view(taps, b, taps, b).flip(0, 2).permute(1, 3, 0, 2)
+        kernel = kernel.reshape(b * b, 1, taps, taps)
+        out = F.pixel_shuffle(F.conv2d(mu, kernel), b).squeeze(1)
+    else:
+        # The same in 3D: phases (r, s, t) as channels, then interleaved axis by axis.
+        kernel = weight.view(taps, b, taps, b, taps, b).flip(0, 2, 4).permute(1, 3, 5, 0, 2, 4)
+        kernel = kernel.reshape(b**3, 1, taps, taps, taps)
+        phases = F.conv3d(mu, kernel)
+        m = phases.shape[-1]
+        out = phases.view(-1, b, b, b, m, m, m).permute(0, 4, 1, 5, 2, 6, 3)
+        out = out.reshape(-1, m * b, m * b, m * b)
     if out.shape[-1] != L:
         raise ValueError(f"block spins of size {block_spins.shape[-1]} x stride {b} != L={L}")
     return out
@@ -80,23 +103,22 @@ class ConvRBM(torch.nn.Module):
     """Translation-invariant +1/-1 RBM without biases: the weight factor P(mu|sigma) of Eq. (3)-(4).
 
     Args:
-        filter_size: f, side of the square filter (default 8, the paper's Fig. 1).
-        stride: b, the RG scale factor; L maps to L / b block spins (default 2).
+        filter_size: f, side of the square (cubic) filter (default 8, the paper's Fig. 1).
+        stride: b >= 2, the RG scale factor; L maps to L / b block spins (default 2).
         init_scale: W is drawn uniformly from [-init_scale, init_scale] ("uniformly around zero").
+        dim: lattice dimension d (2 or 3); the filter has shape (f,) * d.
     """
 
-    def __init__(self, filter_size: int = 8, stride: int = 2, init_scale: float = 0.01):
+    def __init__(
+        self, filter_size: int = 8, stride: int = 2, init_scale: float = 0.01, dim: int = 2
+    ):
         super().__init__()
-        if not isinstance(filter_size, int) or filter_size < 1:
-            raise ValueError(f"filter_size={filter_size!r}: must be an integer >= 1")
-        if not isinstance(stride, int) or stride < 1:
-            raise ValueError(f"stride={stride!r}: must be an integer >= 1")
-        if not init_scale >= 0:
-            raise ValueError(f"init_scale={init_scale!r}: must be >= 0")
-        self.filter_size = filter_size
-        self.stride = stride
+        self.filter_size = checks.integer("model.filter_size", filter_size, 1)
+        self.stride = checks.integer("model.stride", stride, 2)
+        self.dim = checks.one_of("data.dim", dim, (2, 3))
+        checks.number("model.init_scale", init_scale, 0.0)
         self.weight = torch.nn.Parameter(
-            torch.empty(filter_size, filter_size).uniform_(-1, 1) * init_scale
+            torch.empty((filter_size,) * dim).uniform_(-1, 1) * init_scale
         )
 
     def check_lattice(self, L: int) -> None:
