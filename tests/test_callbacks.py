@@ -143,4 +143,4 @@ def test_yt_figure_draws_reference_lines():
     ]
     fig = plots.yt_history_figure(history)
     levels = {line.get_ydata()[0] for line in fig.axes[0].lines if len(line.get_ydata()) == 2}
-    assert {plots.Y_T_EXACT, plots.Y_T_MAJORITY} <= {float(np.round(v, 3)) for v in levels}
+    assert {1.0, plots.Y_T_MAJORITY} <= {float(np.round(v, 3)) for v in levels}
