@@ -151,6 +151,14 @@ def test_cache_files_get_the_mode_of_an_ordinary_file(tmp_path, umask):
     assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o666 & ~umask}
 
 
+def test_cache_directory_is_created_only_when_a_set_is_saved(tmp_path):
+    data_dir = tmp_path / "new" / "cache"
+    data = make(tmp_path, data_dir=str(data_dir))
+    assert not (tmp_path / "new").exists()  # checking the settings creates nothing
+    data.setup()
+    assert len(list(data_dir.iterdir())) == 2
+
+
 def test_cache_directory_that_is_a_file_is_refused_before_sampling(tmp_path, monkeypatch):
     monkeypatch.setattr(data_module, "draw_samples", _no_sampling)
     target = tmp_path / "cache"

@@ -82,17 +82,22 @@ class SampleCache:
         )
 
     def check_writable(self) -> None:
-        """Create the directory if needed and prove a file can be written in it, else ValueError.
+        """ValueError naming the setting unless cache files can be written in the directory.
 
         Called before anything is sampled, so that a cache which cannot take the result does not
-        cost a sampling run first. The probe file is created exclusively and removed at once.
+        cost a sampling run first; it creates nothing. An existing directory is proved writable
+        with a probe file (created exclusively, removed at once), which also catches read-only
+        mounts and ACLs; a directory still to be created needs its nearest existing ancestor to
+        be a directory that the user may write into (``save`` creates the rest).
         """
-        if self.directory.exists() and not self.directory.is_dir():
-            raise self._refuse("is a file, not a directory")
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise self._refuse(f"cannot be created ({error.strerror or error})") from None
+        existing = next(p for p in (self.directory, *self.directory.parents) if p.exists())
+        if not existing.is_dir():
+            where = "is a file" if existing == self.directory else f"lies under the file {existing}"
+            raise self._refuse(f"{where}, not a directory")
+        if existing != self.directory:
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise self._refuse(f"cannot be created (no write permission in {existing})")
+            return
         probe = self.directory / f".rbmrg-write-test-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
