@@ -18,12 +18,26 @@ import pytest
 import torch
 from scipy import stats
 
+from rbmrg.lattice import fused
 from rbmrg.lattice.model import K_C_2D, IsingModel, bond_sum, magnetization
-from rbmrg.lattice.samplers import available_algorithms, make_sampler
+from rbmrg.lattice.samplers import (
+    available_algorithms,
+    default_algorithm,
+    default_spacing,
+    make_sampler,
+    resolve_device,
+)
 from rbmrg.lattice.sampling import autocorrelation_time, draw_samples, iterate_samples
 
-ALGORITHMS = ["heatbath", "metropolis", "metropolis-msc", "wolff"]
+ALGORITHM_NAMES = ["heatbath", "metropolis", "metropolis-msc", "metropolis-fused", "wolff"]
+NEEDS_TRITON = pytest.mark.skipif(not fused.triton_available(), reason="triton is not installed")
+ALGORITHMS = [
+    pytest.param(name, marks=NEEDS_TRITON) if name == "metropolis-fused" else name
+    for name in ALGORITHM_NAMES
+]
 P_MIN = 1e-3  # chi-square p-value below which a sampler is declared wrong
+#: Without CUDA the fused kernels run under Triton's interpreter (slow, ~0.3 s a half-sweep).
+FUSED_INTERPRETED = fused.triton_available() and fused.interpreting()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -86,12 +100,16 @@ def kaufman_bond_correlation(L: int, coupling: float) -> float:
 
 
 def chi_square_p_value(bonds, magnet, coupling: float) -> float:
-    """p-value of the sampled (S_nn, M) histogram against the exact 4x4 probabilities.
+    """p-value of the sampled (S_nn, M) histogram against the exact 4x4 Boltzmann probabilities."""
+    return chi_square_against(bonds, magnet, exact_joint_probabilities(coupling))
+
+
+def chi_square_against(bonds, magnet, exact: dict[tuple[int, int], float]) -> float:
+    """p-value of the sampled (S_nn, M) histogram against the probabilities ``exact``.
 
     Outcomes expected fewer than 5 times are pooled into one bin, as the chi-square approximation
     requires.
     """
-    exact = exact_joint_probabilities(coupling)
     n = len(bonds)
     counts: dict[tuple[int, int], int] = {}
     for key in zip(bonds, magnet, strict=True):
@@ -107,11 +125,19 @@ def chi_square_p_value(bonds, magnet, coupling: float) -> float:
     return float(stats.chisquare(observed, expected).pvalue)
 
 
+#: Sweeps from the hot start before the 4x4 sample: 100, except for the interpreted fused kernel,
+#: whose 4x4 distribution is computed exactly in tests/test_fused.py: after 12 sweeps it is the
+#: chain's limit to within 0.3 in the chi-square's non-centrality at 20,000 samples (at K_c, where
+#: relaxation is slowest), so 12 sweeps test exactly what 100 would.
+SWEEPS_4X4 = {"metropolis-fused": 12 if FUSED_INTERPRETED else 100}
+
+
 def sample_4x4(algorithm: str, coupling: float, seed: int, n_chains: int = 20_000):
-    """One configuration from each of ``n_chains`` chains after 100 sweeps from a hot start."""
+    """One configuration from each of ``n_chains`` chains, some sweeps after a hot start."""
     model = IsingModel(L=4, coupling=coupling)
     sampler = make_sampler(model, algorithm, "cpu", seed)
-    spins = sampler.spins_of(sampler.step(sampler.init(n_chains), 100))
+    n_sweeps = SWEEPS_4X4.get(algorithm, 100)
+    spins = sampler.spins_of(sampler.step(sampler.init(n_chains), n_sweeps))
     return bond_sum(spins, 2).long().tolist(), magnetization(spins).long().tolist()
 
 
@@ -154,7 +180,7 @@ def test_chi_square_has_power():
 
 
 def test_every_registered_algorithm_is_tested():
-    assert set(available_algorithms()) == set(ALGORITHMS)
+    assert set(available_algorithms()) == set(ALGORITHM_NAMES)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,11 +195,25 @@ ENERGY_RUNS = {
     "heatbath": (192, 800, 6, 25, 5e-3),
     "metropolis": (192, 500, 8, 20, 5e-3),
     "metropolis-msc": (256, 1000, 50, 10, 2e-3),
+    # On CUDA (the kernels run there even for device="cpu") the GPU buys 10x the chains; under the
+    # interpreter the torch reference's statistics take ~7 minutes, so the case is marked slow there
+    # (the default run checks the kernel bit for bit against a numpy reference in test_fused.py).
+    "metropolis-fused": (192, 500, 8, 20, 5e-3) if FUSED_INTERPRETED else (2048, 1000, 8, 20, 2e-3),
     "wolff": (128, 100, 50, 2, 2.5e-3),
 }
+ENERGY_ALGORITHMS = [
+    pytest.param(
+        name, marks=[NEEDS_TRITON, pytest.mark.slow] if FUSED_INTERPRETED else NEEDS_TRITON
+    )
+    if name == "metropolis-fused"
+    else name
+    for name in ALGORITHM_NAMES
+]
 
 
-def check_energy_against_kaufman(algorithm, n_chains, n_thermalize, per_chain, n_between, largest):
+def check_energy_against_kaufman(
+    algorithm, n_chains, n_thermalize, per_chain, n_between, largest, device="cpu"
+):
     model = IsingModel(L=32)
     samples = draw_samples(
         model,
@@ -183,6 +223,7 @@ def check_energy_against_kaufman(algorithm, n_chains, n_thermalize, per_chain, n
         n_thermalize=n_thermalize,
         n_between=n_between,
         seed=5,
+        device=device,
     )
     chain_means = samples.energy.mean(0) / model.n_sites
     mean = float(chain_means.mean())
@@ -192,7 +233,7 @@ def check_energy_against_kaufman(algorithm, n_chains, n_thermalize, per_chain, n
     assert abs(mean - exact) < 4 * error, f"{mean:.5f} +- {error:.5f} vs exact {exact:.5f}"
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", ENERGY_ALGORITHMS)
 def test_energy_matches_kaufman_at_criticality(algorithm):
     check_energy_against_kaufman(algorithm, *ENERGY_RUNS[algorithm])
 
@@ -200,6 +241,8 @@ def test_energy_matches_kaufman_at_criticality(algorithm):
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_energy_matches_kaufman_precisely(algorithm):
+    if algorithm == "metropolis-fused" and FUSED_INTERPRETED:
+        pytest.skip("8x the chains under Triton's interpreter would take about an hour")
     # 8x the chains: the standard error shrinks by sqrt 8, so must the largest acceptable one.
     n_chains, n_thermalize, per_chain, n_between, largest = ENERGY_RUNS[algorithm]
     check_energy_against_kaufman(
@@ -333,3 +376,37 @@ def test_bad_sampling_names_setting():
             draw_samples(model, 10, algorithm="heatbath", **kwargs)
     with pytest.raises(ValueError, match="dim="):
         make_sampler(IsingModel(L=4, dim=3), "metropolis-msc")
+
+
+# --------------------------------------------------------------------------------------------------
+# Defaults that depend on the machine and on the dynamics
+
+
+def test_resolve_device_and_default_algorithm():
+    has_cuda = torch.cuda.is_available()
+    assert resolve_device("auto") == torch.device("cuda" if has_cuda else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert default_algorithm("cpu") == "wolff"
+    expected = (
+        ("metropolis-fused" if fused.triton_available() else "metropolis") if has_cuda else "wolff"
+    )
+    assert default_algorithm("auto") == expected
+    for bad in ["gpu0", "meta"] + ([] if has_cuda else ["cuda", "cuda:0"]):
+        with pytest.raises(ValueError, match="device="):
+            resolve_device(bad)
+
+
+def test_default_spacing_follows_measured_tau_int():
+    # Metropolis: tau_int(|m|) = 36.9(1.1) sweeps at L = 32 -> 2 (36.9 + 2.2) = 78.2 -> 79 sweeps.
+    assert default_spacing("metropolis-fused", 32) == (978, 79)
+    assert default_spacing("metropolis-msc", 32) == (978, 79)
+    # The data module's Wolff default (n_between = 4) is what the rule gives at L = 32.
+    assert default_spacing("wolff", 32) == (200, 4)
+    # Local updates slow down as L^2.17.
+    n_thermalize, n_between = default_spacing("metropolis-fused", 128)
+    assert n_between == math.ceil(78.2 * 4**2.17)
+    assert n_thermalize == math.ceil(25 * 39.1 * 4**2.17)
+    with pytest.raises(ValueError, match="dim=3"):
+        default_spacing("wolff", 16, dim=3)
+    with pytest.raises(ValueError, match="algorithm="):
+        default_spacing("glauber", 32)
