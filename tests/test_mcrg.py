@@ -18,7 +18,19 @@ import torch
 from rbmrg.lattice.model import IsingModel
 from rbmrg.lattice.samplers import available_algorithms
 from rbmrg.lattice.sampling import draw_samples, iterate_samples
-from rbmrg.rg.interactions import CHAIN_NN, EVEN, ODD, Interaction, measure
+from rbmrg.rg.interactions import (
+    CHAIN_NN,
+    EVEN,
+    EVEN_CANDIDATES,
+    EVEN_SETS,
+    ODD,
+    ODD_CANDIDATES,
+    ODD_SETS,
+    Interaction,
+    interaction_names,
+    interaction_set,
+    measure,
+)
 from rbmrg.rg.mcrg import (
     MCRGAccumulator,
     SingularWarning,
@@ -95,6 +107,158 @@ def test_interaction_sets_respect_the_lattice_symmetries():
     for image in (spins.rot90(1, (1, 2)), spins.transpose(1, 2), spins.flip(1)):
         assert torch.equal(measure(image, EVEN), even)
         assert torch.equal(measure(image, ODD), odd)
+
+
+def _at(config: np.ndarray, row: int, col: int) -> np.ndarray:
+    """sigma_{r + (row, col)} for every site r (periodic)."""
+    return np.roll(config, (-row, -col), (0, 1))
+
+
+def _pair_sum(config: np.ndarray, *offsets: tuple[int, int]) -> int:
+    return int(sum((config * _at(config, *o)).sum() for o in offsets))
+
+
+def _product_sum(config: np.ndarray, *terms: tuple[tuple[int, int], ...]) -> int:
+    total = 0
+    for term in terms:
+        product = np.ones_like(config)
+        for offset in term:
+            product = product * _at(config, *offset)
+        total += int(product.sum())
+    return total
+
+
+#: The interactions as docs/mcrg.md describes them in words, written independently of their terms.
+DOCS = {
+    "nn": lambda c: _pair_sum(c, (0, 1), (1, 0)),
+    "diag": lambda c: _pair_sum(c, (1, 1), (1, -1)),
+    "third": lambda c: _pair_sum(c, (0, 2), (2, 0)),
+    "knight": lambda c: _pair_sum(c, (1, 2), (2, 1), (1, -2), (2, -1)),
+    "diag2": lambda c: _pair_sum(c, (2, 2), (2, -2)),
+    "sixth": lambda c: _pair_sum(c, (0, 3), (3, 0)),
+    "plaquette": lambda c: int((c * _at(c, 0, 1) * _at(c, 1, 0) * _at(c, 1, 1)).sum()),
+    "diamond": lambda c: int((_at(c, 0, 1) * _at(c, 1, 0) * _at(c, 0, -1) * _at(c, -1, 0)).sum()),
+    "magnetization": lambda c: int(c.sum()),
+    # each corner of every 2x2 plaquette left out once: (sum of the 4 spins) x (their product)
+    "plaquette3": lambda c: int(
+        (
+            (c + _at(c, 0, 1) + _at(c, 1, 0) + _at(c, 1, 1))
+            * c
+            * _at(c, 0, 1)
+            * _at(c, 1, 0)
+            * _at(c, 1, 1)
+        ).sum()
+    ),
+    "row3": lambda c: _product_sum(c, ((0, 0), (0, 1), (0, 2)), ((0, 0), (1, 0), (2, 0))),
+    "diag3": lambda c: _product_sum(c, ((0, 0), (1, 1), (2, 2)), ((0, 0), (1, -1), (2, -2))),
+    # a V of two diagonal bonds: apex (1, 1) below/right of ends, or (0, 1) above, etc.: the apex
+    # at the centre, its two diagonal neighbours on one side (4 sides)
+    "vee3": lambda c: _product_sum(
+        c,
+        ((0, 0), (-1, -1), (-1, 1)),
+        ((0, 0), (1, -1), (1, 1)),
+        ((0, 0), (-1, -1), (1, -1)),
+        ((0, 0), (-1, 1), (1, 1)),
+    ),
+    "cross5": lambda c: int(
+        (c * _at(c, 0, 1) * _at(c, 1, 0) * _at(c, 0, -1) * _at(c, -1, 0)).sum()
+    ),
+    "x5": lambda c: int((c * _at(c, 1, 1) * _at(c, 1, -1) * _at(c, -1, 1) * _at(c, -1, -1)).sum()),
+    # an L with arms 2 and 1 from its corner, in all 8 orientations
+    "ell3": lambda c: _product_sum(
+        c,
+        *(((0, 0), (2 * a, 0), (0, b)) for a in (1, -1) for b in (1, -1)),
+        *(((0, 0), (0, 2 * a), (b, 0)) for a in (1, -1) for b in (1, -1)),
+    ),
+    # three corners of a 3x3 square: (sum of the 4 corners) x (their product)
+    "corners3": lambda c: int(
+        (
+            (c + _at(c, 0, 2) + _at(c, 2, 0) + _at(c, 2, 2))
+            * c
+            * _at(c, 0, 2)
+            * _at(c, 2, 0)
+            * _at(c, 2, 2)
+        ).sum()
+    ),
+}
+
+
+def test_interactions_are_what_the_docs_say():
+    """Every candidate against its description in docs/mcrg.md, by an independent formula."""
+    generator = torch.Generator().manual_seed(12)
+    spins = (torch.randint(0, 2, (3, 8, 8), generator=generator) * 2 - 1).to(torch.int8)
+    candidates = {**EVEN_CANDIDATES, **ODD_CANDIDATES}
+    assert set(candidates) == set(DOCS)
+    values = measure(spins, tuple(candidates.values()))
+    for row, config in enumerate(spins.numpy().astype(np.int64)):
+        assert values[row].tolist() == [DOCS[name](config) for name in candidates]
+
+
+def test_candidates_are_distinct_and_symmetric():
+    """No candidate is a combination of the others (A would be singular), and each is closed under
+    the rotations and reflections of the square lattice and has the parity of its set."""
+    generator = torch.Generator().manual_seed(13)
+    spins = torch.randint(0, 2, (300, 8, 8), generator=generator) * 2.0 - 1
+    for candidates, sign in ((EVEN_CANDIDATES, 1), (ODD_CANDIDATES, -1)):
+        interactions = tuple(candidates.values())
+        values = measure(spins, interactions)
+        assert torch.linalg.matrix_rank(values) == len(interactions)
+        assert torch.equal(measure(-spins, interactions), sign * values)
+        assert all(i.odd == (sign < 0) for i in interactions)
+        for image in (spins.rot90(1, (1, 2)), spins.transpose(1, 2), spins.flip(1)):
+            assert torch.equal(measure(image, interactions), values)
+
+
+def test_named_interaction_sets():
+    assert EVEN is EVEN_SETS["span"] and ODD is ODD_SETS["size"]
+    assert interaction_names(EVEN_SETS["span"]) == [
+        "nn",
+        "diag",
+        "plaquette",
+        "third",
+        "knight",
+        "diamond",
+        "diag2",
+    ]
+    assert interaction_names(EVEN_SETS["distance"]) == [
+        "nn",
+        "diag",
+        "third",
+        "knight",
+        "diag2",
+        "plaquette",
+        "diamond",
+    ]
+    assert sorted(interaction_names(EVEN_SETS["span"])) == sorted(
+        interaction_names(EVEN_SETS["distance"])
+    )
+    assert interaction_set("distance") == EVEN_SETS["distance"]
+    assert interaction_set(["nn", "sixth"]) == (EVEN_CANDIDATES["nn"], EVEN_CANDIDATES["sixth"])
+    assert interaction_set("size", "odd") == ODD
+
+
+@pytest.mark.parametrize(
+    "spec, parity, message",
+    [
+        (
+            "table1",
+            "even",
+            r"mcrg.even_set='table1': unknown even interaction set; choose one of \['distance', 'span'\]",
+        ),
+        (
+            ["nn", "nnn"],
+            "even",
+            r"mcrg.even_set=\['nn', 'nnn'\]: unknown even interaction\(s\) \['nnn'\]",
+        ),
+        (["nn", "magnetization"], "even", r"\['magnetization'\] are not even"),
+        (["nn", "diag", "nn"], "even", r"\['nn'\] listed twice"),
+        ([], "odd", r"mcrg.odd_set=\[\]: give at least one"),
+        (3, "odd", r"mcrg.odd_set=3: must be a set name"),
+    ],
+)
+def test_interaction_set_errors_name_the_setting(spec, parity, message):
+    with pytest.raises(ValueError, match=message):
+        interaction_set(spec, parity)
 
 
 def test_interactions_that_do_not_fit_are_nan():
@@ -277,6 +441,32 @@ def test_streaming_sums_equal_the_direct_computation():
     means = acc.level_means("even", 0)
     np.testing.assert_allclose([m["mean"] for m in means], values[:, :7].mean(0) / 256, rtol=1e-12)
     assert [m["name"] for m in means] == [i.name for i in EVEN]
+
+
+def test_any_order_of_a_superset_is_a_choice_of_rows():
+    """One pass over all 8 even candidates gives, for the `distance` order, exactly what an
+    accumulator built for that order gives; y(N_c = n) depends only on the first n as a set."""
+    model = IsingModel(L=16)
+    batches = list(stream(model, 1000, 40, 20, seed=14))
+    generator = torch.Generator().manual_seed(15)
+    levels = [iterate(spins, [majority(2)], 1, generator) for spins, _ in batches]
+    superset = MCRGAccumulator(2, 20, {"even": tuple(EVEN_CANDIDATES.values())})
+    ordered = MCRGAccumulator(2, 20, {"even": EVEN_SETS["distance"]})
+    for level_list, (_, blocks) in zip(levels, batches, strict=True):
+        superset.update(level_list, blocks)
+        ordered.update(level_list, blocks)
+    order = interaction_names(EVEN_SETS["distance"])
+    y, err, jack = superset.ordered_exponents("even", order, 2.0)
+    y_ref, err_ref = ordered.exponents("even", 2.0)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-9)
+    np.testing.assert_allclose(err, err_ref, rtol=1e-6)
+    assert jack.shape == (20, 1, 7)
+    shuffled = ["knight", "nn", "third", "diag", "plaquette", "diag2", "diamond"]
+    y_shuffled = superset.ordered_exponents("even", shuffled, 2.0)[0]
+    np.testing.assert_allclose(y_shuffled[0, 3], y[0, 3], rtol=1e-9)  # {nn, diag, third, knight}
+    np.testing.assert_allclose(y_shuffled[0, 6], y[0, 6], rtol=1e-9)  # all seven
+    with pytest.raises(KeyError, match="sixth"):
+        ordered.ordered_exponents("even", ["nn", "sixth"], 2.0)
 
 
 def test_chain_major_batches_assign_whole_chains_to_blocks():

@@ -227,8 +227,23 @@ class MCRGAccumulator:
             )
         return full, err
 
+    def covariances(self) -> np.ndarray:
+        """Covariance matrices of all accumulated values (every interaction on every level):
+        index 0 over all samples, index 1 + j without jackknife block j. Shape (1 + n_blocks,
+        size, size), float64; a caller solving many interaction subsets computes them once."""
+        count, total, outer = (x.cpu().numpy() for x in (self.count, self.sum, self.outer))
+        count = np.concatenate([[count.sum()], count.sum() - count])
+        total = np.concatenate([total.sum(0)[None], total.sum(0) - total])
+        outer = np.concatenate([outer.sum(0)[None], outer.sum(0) - outer])
+        mean = total / count[:, None]
+        return outer / count[:, None, None] - mean[:, :, None] * mean[:, None, :]
+
     def ordered_exponents(
-        self, set_name: str, order: list[str], scale: float
+        self,
+        set_name: str,
+        order: list[str],
+        scale: float,
+        covariances: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(y, jackknife error, leave-one-block-out values) for the interactions of ``set_name``
         taken in ``order`` (their names): N_c = n uses the first n names of ``order``.
@@ -237,7 +252,8 @@ class MCRGAccumulator:
         the covariance of every measured interaction, so each ordering of a superset is a choice
         of rows and columns of one pass; the leave-one-out values give jackknife errors of
         differences between orders or N_c. Entries that do not fit a level, or with a singular A,
-        are NaN (without a warning: :meth:`exponents` reports those).
+        are NaN (without a warning: :meth:`exponents` reports those). ``covariances`` is
+        :meth:`covariances`, if the caller has it already.
         """
         if self.n_samples == 0:
             raise RuntimeError("no samples accumulated")
@@ -251,9 +267,9 @@ class MCRGAccumulator:
         chosen = [self.sets[set_name][names.index(name)] for name in order]
         odd = all(len(term) % 2 for interaction in chosen for term in interaction.terms)
         valid = self.valid.cpu().numpy()
+        covs = self.covariances() if covariances is None else covariances
 
-        def estimate(leave_out: int | None) -> np.ndarray:
-            _, cov = self._moments(leave_out)
+        def estimate(cov: np.ndarray) -> np.ndarray:
             y = np.full((self.n_levels - 1, len(order)), np.nan)
             for level in range(self.n_levels - 1):
                 for n_c in range(1, len(order) + 1):
@@ -265,8 +281,8 @@ class MCRGAccumulator:
                         )
             return y
 
-        full = estimate(None)
-        jack = np.stack([estimate(j) for j in range(self.n_blocks)])
+        full = estimate(covs[0])
+        jack = np.stack([estimate(cov) for cov in covs[1:]])
         n = self.n_blocks
         err = np.sqrt((n - 1) / n * ((jack - jack.mean(0)) ** 2).sum(0))
         return full, err, jack

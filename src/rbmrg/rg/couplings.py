@@ -1,0 +1,258 @@
+"""Renormalized couplings K^(n)_alpha of every RG level, from its configurations (Swendsen 1984).
+
+Write the Hamiltonian of level n as H = sum_alpha K_alpha S_alpha (weight e^H, the interactions of
+``rbmrg.rg.interactions``). Given all other spins, sigma_i is +-1 with weight e^{sigma_i h_i}, where
+h_i = sum_alpha K_alpha S_alpha,i and S_alpha,i = dS_alpha/dsigma_i is the sum, over the terms of
+alpha that contain site i, of the product of their other spins (``site_sums``). Hence, for any g
+that does not involve sigma_i, <sigma_i g> = <tanh(h_i) g> (Swendsen, Phys. Rev. Lett. 52, 1165
+(1984)). With g = S_beta,i and the average taken over all sites (translation invariance):
+
+    F_beta(K) = <S_beta,i sigma_i> - <S_beta,i tanh(sum_alpha K_alpha S_alpha,i)> = 0,
+
+one equation per coupling of the truncated Hamiltonian. F is the gradient of the concave function
+Phi(K) = <(K . s_i) sigma_i> - <log cosh(K . s_i)> (the log pseudo-likelihood), so the solution is
+unique; Newton's method finds it from K = 0, with the Jacobian
+
+    J_beta,alpha = -<S_beta,i S_alpha,i (1 - tanh^2 h_i)>,
+
+halving a step whenever it would lower Phi. On configurations drawn from e^H with H in the span of
+the chosen interactions, the solution is the true K up to statistical error; on a renormalized
+level it is the projection of the (infinite) renormalized Hamiltonian onto the chosen set.
+
+**Streaming, exactly.** F and J depend on the data only through the histogram of local
+environments: for each distinct integer vector s = (S_alpha,i)_alpha, the number of sites N(s)
+that have it and the sum M(s) of their sigma_i. :class:`CouplingAccumulator` keeps that histogram
+per jackknife block, in a table that grows only with the number of *distinct* environments (bounded
+by prod_alpha (coordination_alpha + 1), in practice 10^4-10^5 for the 7-8 even interactions),
+never with the number of configurations; the Newton solve then needs no configuration at all.
+Errors are leave-one-block-out jackknife over blocks of independent chains, as for MCRG.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rbmrg.rg.interactions import Interaction, site_sums
+
+#: Newton stops when the largest coupling update is below this (couplings are O(0.01-1)).
+TOLERANCE = 1e-12
+MAX_ITERATIONS = 100
+
+
+def check_levels(
+    interactions: Sequence[Interaction], lattice_sizes: Sequence[int], setting: str = "couplings"
+) -> None:
+    """Raise a ValueError, naming ``setting``, if an interaction does not fit a level.
+
+    The couplings of one level are solved jointly, so a level must hold every interaction
+    (L > 2 span, see :meth:`Interaction.fits`). Call it before sampling.
+    """
+    for level, size in enumerate(lattice_sizes):
+        unfit = [i.name for i in interactions if not i.fits(size)]
+        if unfit:
+            raise ValueError(
+                f"{setting}: interactions {unfit} do not fit level {level} (L={size}, needs "
+                "L > 2 x span); use fewer RG steps, a larger lattice or a shorter-range set"
+            )
+
+
+@dataclass
+class CouplingResult:
+    """K^(n)_alpha with jackknife errors: ``couplings[level][alpha]``, alpha in ``names`` order."""
+
+    couplings: np.ndarray  # (n_levels, n_interactions)
+    errors: np.ndarray  # (n_levels, n_interactions)
+    names: list[str]
+    lattice_sizes: list[int] = field(default_factory=list)
+    n_samples: int = 0
+    #: Distinct local environments seen on each level (the size of the stored histogram).
+    n_environments: list[int] = field(default_factory=list)
+    #: Leave-one-block-out solutions, (n_blocks, n_levels, n_interactions).
+    jackknife: np.ndarray | None = None
+
+
+class _Histogram:
+    """Per-block counts N(s) and spin sums M(s) of the distinct environment codes of one level."""
+
+    def __init__(self, n_blocks: int):
+        self.n_blocks = n_blocks
+        self.codes = np.empty(0, dtype=np.int64)  # sorted
+        self.count = np.zeros((n_blocks, 0), dtype=np.int64)
+        self.spin = np.zeros((n_blocks, 0), dtype=np.int64)
+
+    def add(self, codes: np.ndarray, blocks: np.ndarray, counts: np.ndarray, spins: np.ndarray):
+        new = np.setdiff1d(codes, self.codes, assume_unique=False)
+        if new.size:
+            merged = np.union1d(self.codes, new)
+            where = np.searchsorted(merged, self.codes)
+            count = np.zeros((self.n_blocks, merged.size), dtype=np.int64)
+            spin = np.zeros_like(count)
+            count[:, where], spin[:, where] = self.count, self.spin
+            self.codes, self.count, self.spin = merged, count, spin
+        flat = blocks * self.codes.size + np.searchsorted(self.codes, codes)
+        size = self.n_blocks * self.codes.size
+        self.count += np.bincount(flat, counts, size).astype(np.int64).reshape(self.count.shape)
+        self.spin += np.bincount(flat, spins, size).astype(np.int64).reshape(self.spin.shape)
+
+
+class CouplingAccumulator:
+    """Streaming histograms of local environments on ``n_levels`` RG levels, per jackknife block.
+
+    Args:
+        interactions: the truncated Hamiltonian's interactions, in the order of the output.
+        n_levels: number of lattice levels, N_r + 1.
+        n_blocks: jackknife blocks (>= 2; use >= 20), each a group of whole independent chains.
+    """
+
+    def __init__(self, interactions: Sequence[Interaction], n_levels: int, n_blocks: int):
+        if n_levels < 1:
+            raise ValueError(f"n_levels={n_levels}: need at least one level")
+        if n_blocks < 2:
+            raise ValueError(f"n_blocks={n_blocks}: the jackknife needs at least 2 blocks")
+        if not interactions:
+            raise ValueError("no interactions given")
+        self.interactions = tuple(interactions)
+        self.n_levels = n_levels
+        self.n_blocks = n_blocks
+        # Environment code: mixed radix over the digits (S_alpha,i + c_alpha) / 2 in [0, c_alpha].
+        radices = [i.coordination + 1 for i in self.interactions]
+        if math.prod(radices) * n_blocks * 2 >= 2**53:
+            raise ValueError(
+                f"{len(radices)} interactions: too many for the environment code; use fewer"
+            )
+        self.offsets = [float(i.coordination) for i in self.interactions]
+        self.strides = np.cumprod([1] + radices[:-1]).astype(np.int64)
+        self.radices = np.array(radices, dtype=np.int64)
+        self.histograms = [_Histogram(n_blocks) for _ in range(n_levels)]
+        self.lattice_sizes: list[int] | None = None
+        self.n_samples = 0
+
+    def update(self, levels: list[torch.Tensor], blocks: torch.Tensor | int) -> None:
+        """Add one batch: ``levels[n]`` is (batch, L_n, ..., L_n), ``blocks`` the block of each row."""
+        if len(levels) != self.n_levels:
+            raise ValueError(f"got {len(levels)} levels, the accumulator has {self.n_levels}")
+        sizes = [int(level.shape[-1]) for level in levels]
+        if self.lattice_sizes is None:
+            check_levels(self.interactions, sizes)
+            self.lattice_sizes = sizes
+        batch = levels[0].shape[0]
+        if isinstance(blocks, int):
+            blocks = torch.full((batch,), blocks, dtype=torch.long)
+        blocks = blocks.to("cpu", torch.long)
+        if int(blocks.min()) < 0 or int(blocks.max()) >= self.n_blocks:
+            raise ValueError(f"block indices must lie in [0, {self.n_blocks})")
+        for level, histogram in zip(levels, self.histograms, strict=True):
+            spins = level.to(torch.float32)
+            sums = site_sums(spins, self.interactions)  # (batch, n, L, ..., L)
+            # key = (code * n_blocks + block) * 2 + (sigma_i + 1) / 2, with the environment code
+            # sum_alpha (S_alpha,i + c_alpha) / 2 * stride_alpha: integers below 2^53 (checked in
+            # __init__), exact in float64. Counting keys counts sites per (code, block, sigma_i).
+            keys = (spins + 1).to(torch.float64) / 2
+            keys += 2 * blocks.view(-1, *[1] * (spins.ndim - 1)).to(torch.float64)
+            for alpha in range(len(self.interactions)):
+                scale = float(self.strides[alpha]) * self.n_blocks
+                keys += (sums[:, alpha].to(torch.float64) + self.offsets[alpha]) * scale
+            unique, counts = torch.unique(keys.flatten().to(torch.int64), return_counts=True)
+            unique, counts = unique.cpu().numpy(), counts.cpu().numpy().astype(np.float64)
+            up = unique % 2 == 1
+            histogram.add(
+                unique // (2 * self.n_blocks),
+                (unique // 2) % self.n_blocks,
+                counts,
+                np.where(up, counts, -counts),
+            )
+        self.n_samples += batch
+
+    def environments(self, level: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(s, N, M) of ``level``: the distinct environment vectors (D, n) and their per-block
+        site counts and spin sums (n_blocks, D)."""
+        histogram = self.histograms[level]
+        digits = (histogram.codes[:, None] // self.strides[None, :]) % self.radices[None, :]
+        coordination = self.radices - 1
+        return (2 * digits - coordination).astype(np.float64), histogram.count, histogram.spin
+
+    def result(self) -> CouplingResult:
+        """Couplings of every level with jackknife errors (NaN, with a warning, where Newton fails)."""
+        if self.n_samples == 0:
+            raise RuntimeError("no samples accumulated")
+        n_int = len(self.interactions)
+        full = np.full((self.n_levels, n_int), np.nan)
+        jack = np.full((self.n_blocks, self.n_levels, n_int), np.nan)
+        failed = []
+        for level in range(self.n_levels):
+            s, count, spin = self.environments(level)
+            total_n, total_m = count.sum(0), spin.sum(0)
+            full[level] = solve_couplings(s, total_n, total_m)
+            start = full[level] if np.isfinite(full[level]).all() else None
+            for j in range(self.n_blocks):
+                jack[j, level] = solve_couplings(s, total_n - count[j], total_m - spin[j], start)
+            if not np.isfinite(full[level]).all():
+                failed.append(level)
+        if failed:
+            warnings.warn(
+                f"couplings: Newton did not converge on levels {failed} (singular or runaway "
+                "couplings); reported as NaN",
+                stacklevel=2,
+            )
+        n = self.n_blocks
+        err = np.sqrt((n - 1) / n * ((jack - jack.mean(0)) ** 2).sum(0))
+        return CouplingResult(
+            couplings=full,
+            errors=err,
+            names=[i.name for i in self.interactions],
+            lattice_sizes=list(self.lattice_sizes or []),
+            n_samples=self.n_samples,
+            n_environments=[h.codes.size for h in self.histograms],
+            jackknife=jack,
+        )
+
+
+def solve_couplings(
+    s: np.ndarray, count: np.ndarray, spin: np.ndarray, start: np.ndarray | None = None
+) -> np.ndarray:
+    """K solving <S_i sigma_i> = <S_i tanh(K . S_i)> from an environment histogram; NaN if none.
+
+    ``s`` (D, n): distinct environment vectors; ``count`` (D,): sites with each; ``spin`` (D,): sum
+    of their sigma_i. Newton's method on the concave Phi(K) (module docstring), from ``start`` or 0.
+    """
+    keep = count > 0
+    s, count, spin = s[keep], count[keep].astype(np.float64), spin[keep].astype(np.float64)
+    total = count.sum()
+    if total == 0:
+        return np.full(s.shape[1], np.nan)
+    couplings = np.zeros(s.shape[1]) if start is None else start.copy()
+
+    def objective(k: np.ndarray) -> float:
+        field = s @ k
+        # log cosh x = |x| + log1p(exp(-2|x|)) - log 2, stable for large |x|.
+        log_cosh = np.abs(field) + np.log1p(np.exp(-2 * np.abs(field))) - math.log(2)
+        return float((field * spin - count * log_cosh).sum() / total)
+
+    value = objective(couplings)
+    for _ in range(MAX_ITERATIONS):
+        tanh = np.tanh(s @ couplings)
+        gradient = s.T @ (spin - count * tanh) / total
+        hessian = -(s * (count * (1 - tanh**2))[:, None]).T @ s / total
+        try:
+            step = -np.linalg.solve(hessian, gradient)
+        except np.linalg.LinAlgError:
+            return np.full(s.shape[1], np.nan)
+        if not np.all(np.isfinite(step)):
+            return np.full(s.shape[1], np.nan)
+        scale = 1.0
+        while True:
+            trial = couplings + scale * step
+            trial_value = objective(trial)
+            if trial_value >= value - 1e-15 * abs(value) or scale < 1e-6:
+                break
+            scale /= 2
+        couplings, value = trial, trial_value
+        if np.abs(scale * step).max() < TOLERANCE:
+            return couplings
+    return np.full(s.shape[1], np.nan)

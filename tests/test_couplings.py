@@ -1,0 +1,212 @@
+"""Renormalized couplings (issue 15): site sums, the Swendsen (1984) equations, exact results.
+
+Exact checks: the site sums against their definition (a single spin flip), the solver against the
+exact Boltzmann average of a 4 x 4 lattice with three couplings (enumeration, no sampling), level 0
+of nearest-neighbour configurations (K_nn = K, every other coupling 0) and decimation of the chain
+(tanh K' = tanh^2 K). Sampled tolerances are multiples of the jackknife error of the same run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rbmrg.lattice.model import IsingModel
+from rbmrg.lattice.samplers import available_algorithms
+from rbmrg.lattice.sampling import iterate_samples
+from rbmrg.rg.couplings import CouplingAccumulator, check_levels, solve_couplings
+from rbmrg.rg.interactions import (
+    CHAIN_NN,
+    CHAIN_NNN,
+    EVEN_CANDIDATES,
+    ODD_CANDIDATES,
+    measure,
+    site_sums,
+)
+from rbmrg.rg.mcrg import chain_blocks
+from rbmrg.rg.transforms import decimation, iterate, majority
+
+ALGORITHM = "wolff" if "wolff" in available_algorithms() else "heatbath"
+EVEN_ALL = tuple(EVEN_CANDIDATES.values())
+ODD_ALL = tuple(ODD_CANDIDATES.values())
+
+
+def random_spins(shape, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, shape, generator=generator) * 2.0 - 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Site sums
+
+
+@pytest.mark.parametrize("interactions", [EVEN_ALL, ODD_ALL], ids=["even", "odd"])
+def test_site_sums_are_the_change_under_one_spin_flip(interactions):
+    """S_alpha(sigma) - S_alpha(sigma with sigma_i flipped) = 2 sigma_i S_alpha,i, for every site."""
+    spins = random_spins((2, 8, 8), seed=0)
+    sums = site_sums(spins, interactions)
+    values = measure(spins, interactions)
+    for i, j in itertools.product(range(8), repeat=2):
+        flipped = spins.clone()
+        flipped[:, i, j] *= -1
+        change = values - measure(flipped, interactions)
+        expected = change / (2 * spins[:, i, j, None].double())
+        assert torch.equal(sums[:, :, i, j].double(), expected), (i, j)
+
+
+def test_site_sums_count_each_term_once_per_member():
+    """sum_i sigma_i S_alpha,i = k_alpha S_alpha (k_alpha spins per term); chains too."""
+    spins = random_spins((3, 8, 8), seed=1)
+    for interactions in (EVEN_ALL, ODD_ALL):
+        sizes = torch.tensor([len(i.terms[0]) for i in interactions], dtype=torch.float64)
+        weighted = (site_sums(spins, interactions) * spins[:, None]).sum((2, 3)).double()
+        assert torch.equal(weighted, sizes * measure(spins, interactions))
+    chain = random_spins((3, 12), seed=2)
+    both = CHAIN_NN + CHAIN_NNN
+    weighted = (site_sums(chain, both) * chain[:, None]).sum(2).double()
+    assert torch.equal(weighted, 2 * measure(chain, both))
+
+
+def test_site_sums_refuse_interactions_that_do_not_fit():
+    with pytest.raises(ValueError, match=r"\['sixth'\] do not fit the 6-site"):
+        site_sums(torch.ones(1, 6, 6), (EVEN_CANDIDATES["nn"], EVEN_CANDIDATES["sixth"]))
+    with pytest.raises(ValueError, match="couplings.set: interactions .* level 2 .L=4"):
+        check_levels(EVEN_ALL[:4], [16, 8, 4], "couplings.set")
+
+
+# ------------------------------------------------------------------------------------------------
+# The solver, exactly
+
+
+def exact_histogram(couplings, interactions, L=4):
+    """Boltzmann-weighted environment histogram of every configuration of an L x L lattice:
+    the s vectors and the expected number of sites N(s) and sum of sigma_i M(s) per configuration."""
+    configs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=L * L))).view(-1, L, L)
+    energy = measure(configs, interactions).numpy() @ np.asarray(couplings)
+    weight = np.exp(energy - energy.max())
+    weight /= weight.sum()
+    sums = site_sums(configs, interactions).numpy()  # (configs, n, L, L)
+    s = sums.transpose(0, 2, 3, 1).reshape(-1, len(interactions))
+    site_weight = np.repeat(weight, L * L)
+    sigma = configs.numpy().reshape(-1)
+    keys, inverse = np.unique(s, axis=0, return_inverse=True)
+    count = np.bincount(inverse.ravel(), site_weight)
+    spin = np.bincount(inverse.ravel(), site_weight * sigma)
+    return keys, count, spin
+
+
+def test_solver_recovers_the_couplings_of_an_enumerated_lattice():
+    """<sigma_i g> = <tanh(h_i) g> holds exactly for the exact average: the solution is K itself."""
+    interactions = (EVEN_CANDIDATES["nn"], EVEN_CANDIDATES["diag"], EVEN_CANDIDATES["plaquette"])
+    couplings = np.array([0.3, -0.1, 0.05])
+    s, count, spin = exact_histogram(couplings, interactions)
+    np.testing.assert_allclose(solve_couplings(s, count, spin), couplings, atol=1e-10)
+    # Dropping an interaction that is present gives a different (projected) answer, not K.
+    projected = solve_couplings(s[:, :2], count, spin)
+    assert np.isfinite(projected).all() and abs(projected[1] + 0.1) > 1e-3
+
+
+def test_solver_reports_runaway_couplings_as_nan():
+    """All spins along their field: the likelihood grows without bound, K -> infinity."""
+    s = np.array([[4.0], [-4.0], [2.0]])
+    count = np.array([5.0, 5.0, 2.0])
+    assert np.isnan(solve_couplings(s, count, count * np.sign(s[:, 0]))).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Streaming histograms
+
+
+def test_histogram_does_not_depend_on_batching():
+    """One batch or many, the stored histogram and the couplings are identical."""
+    spins = random_spins((60, 8, 8), seed=3)
+    blocks = torch.arange(60) % 20
+    levels = iterate(spins, [majority(2)], 1, torch.Generator().manual_seed(4))
+    interactions = tuple(EVEN_CANDIDATES[name] for name in ("nn", "diag", "plaquette"))
+    whole, parts = (
+        CouplingAccumulator(interactions, 2, 20),
+        CouplingAccumulator(interactions, 2, 20),
+    )
+    whole.update(levels, blocks)
+    for start in range(0, 60, 7):
+        parts.update([level[start : start + 7] for level in levels], blocks[start : start + 7])
+    for level in range(2):
+        for a, b in zip(whole.environments(level), parts.environments(level), strict=True):
+            np.testing.assert_array_equal(a, b)
+    s, count, spin = whole.environments(0)
+    assert count.sum() == 60 * 64 and spin.sum() == spins.sum().item()
+    # The environment vectors decode to the site sums that were counted.
+    direct = site_sums(spins, interactions).permute(0, 2, 3, 1).reshape(-1, 3).numpy()
+    np.testing.assert_array_equal(np.unique(direct, axis=0), np.unique(s, axis=0))
+    assert len(s) == len(np.unique(s, axis=0))
+    np.testing.assert_array_equal(whole.result().couplings, parts.result().couplings)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampled: level 0 of the nearest-neighbour model, and decimation of the chain
+
+
+def sampled_couplings(model, interactions, transform, n_rg_steps, n_samples, seed):
+    n_chains, n_blocks = 200, 20
+    acc = CouplingAccumulator(interactions, n_rg_steps + 1, n_blocks)
+    blocks = chain_blocks(n_chains, n_blocks)
+    generator = torch.Generator().manual_seed(seed)
+    for spins in iterate_samples(
+        model,
+        n_samples,
+        algorithm=ALGORITHM,
+        n_chains=n_chains,
+        n_thermalize=100,
+        n_between=2,
+        seed=seed,
+    ):
+        acc.update(iterate(spins, [transform], n_rg_steps, generator), blocks)
+    return acc.result()
+
+
+@pytest.mark.parametrize("coupling", [0.2, 0.3, IsingModel(L=16).coupling, 0.5])
+def test_nearest_neighbour_configurations_give_k_nn_and_nothing_else(coupling):
+    """Level 0 at K = 0.2 and 0.3 (high temperature), K_c and 0.5 (ordered): the solution of the
+    8-coupling equations is (K, 0, ..., 0) within 4 jackknife errors per coupling."""
+    model = IsingModel(L=16, coupling=coupling)
+    result = sampled_couplings(model, EVEN_ALL, majority(2), 0, 4000, seed=10)
+    expected = np.zeros(len(EVEN_ALL))
+    expected[0] = coupling
+    value, error = result.couplings[0], result.errors[0]
+    assert np.all(error > 0) and np.all(error < 0.01), error
+    assert np.all(np.abs(value - expected) < 4 * error), (value, error)
+
+
+def test_chain_decimation_follows_the_exact_flow():
+    """b = 2 decimation of the periodic chain: tanh K' = tanh^2 K, exactly, and no longer-range
+    coupling (the decimated weight is a nearest-neighbour chain). Three levels, K = 0.8."""
+    coupling = 0.8
+    model = IsingModel(L=64, coupling=coupling, dim=1)
+    result = sampled_couplings(model, CHAIN_NN + CHAIN_NNN, decimation(2), 2, 20_000, seed=11)
+    exact = [math.atanh(math.tanh(coupling) ** (2**n)) for n in range(3)]  # 0.8, 0.59, 0.38
+    value, error = result.couplings, result.errors
+    assert np.all(error > 0) and np.all(error < 0.02), error
+    assert np.all(np.abs(value[:, 0] - exact) < 4 * error[:, 0]), (value, error, exact)
+    assert np.all(np.abs(value[:, 1]) < 4 * error[:, 1]), (value, error)
+
+
+@pytest.mark.slow
+def test_jackknife_error_matches_the_spread_of_repetitions():
+    """20 independent level-0 runs at K_c: the spread of K_nn over runs matches the mean jackknife
+    error within the chi^2 range of a sample standard deviation (99.9%, 19 degrees of freedom)."""
+    import scipy.stats
+
+    model = IsingModel(L=16)
+    runs = [
+        sampled_couplings(model, EVEN_ALL[:3], majority(2), 0, 2000, seed=100 + r)
+        for r in range(20)
+    ]
+    values = np.array([r.couplings[0] for r in runs])
+    errors = np.array([r.errors[0] for r in runs])
+    ratio = values.std(0, ddof=1) / errors.mean(0)
+    low, high = (math.sqrt(scipy.stats.chi2.ppf(p, 19) / 19) for p in (0.0005, 0.9995))
+    assert np.all((low < ratio) & (ratio < high)), (ratio, low, high)
