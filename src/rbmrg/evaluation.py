@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,7 +41,8 @@ from rbmrg.lattice.sampling import (
     validate_sampling,
 )
 from rbmrg.progress import progress_display
-from rbmrg.rg.interactions import EVEN, ODD, interaction_names
+from rbmrg.rg.interactions import interaction_names
+from rbmrg.rg.interactions_3d import default_sets
 from rbmrg.rg.mcrg import EXPONENT_SET, chain_blocks, check_blocks, run_mcrg
 from rbmrg.rg.transforms import RGTransform, level_sizes
 
@@ -69,7 +71,11 @@ class Plan:
 def make_plan(cfg: DictConfig) -> Plan:
     """Check every setting of ``cfg`` and build the run; a ValueError names the first bad one."""
     device = checks.device("data.device", cfg.data.device)
-    transform: RGTransform = instantiate(cfg.transform)
+    try:
+        transform: RGTransform = instantiate(cfg.transform)
+    except InstantiationException as error:
+        # Hydra wraps what the factory raised; the factory's own message names the setting.
+        raise (error.__cause__ or error) from None
     if transform.name != "rbm" and cfg.get("ckpt_path") is not None:
         raise ValueError(
             f"ckpt_path={cfg.ckpt_path!r} is given but transform={transform.name!r} uses no "
@@ -80,6 +86,12 @@ def make_plan(cfg: DictConfig) -> Plan:
         model = IsingModel(L=data.L, coupling=data.coupling, dim=data.dim)
     except ValueError as error:
         raise ValueError(f"data.{error}") from error
+    for rbm in transform.filters:
+        if rbm.dim != model.dim:
+            raise ValueError(
+                f"ckpt_path: the filter is {'x'.join([str(rbm.filter_size)] * rbm.dim)} "
+                f"({rbm.dim}D) but data.dim={model.dim}"
+            )
     n_rg_steps = checks.integer("mcrg.n_rg_steps", mcrg.n_rg_steps, 1)
     sizes = level_sizes(model.L, transform, n_rg_steps)
     algorithm = str(data.algorithm)
@@ -159,6 +171,7 @@ class _Tracked:
 def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
     """Sample, transform, accumulate and solve; returns the record written to mcrg.json."""
     start = time.perf_counter()
+    sets = default_sets(plan.model.dim)
     generator = torch.Generator(device=plan.device)
     generator.manual_seed(plan.mcrg_seed)
     with progress_display("samples", enabled=show_progress) as progress:
@@ -171,6 +184,7 @@ def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
                 plan.n_rg_steps,
                 plan.transform.scale,
                 n_blocks=plan.n_blocks,
+                sets=sets,
                 generator=generator,
                 batch_size=plan.batch_size,
             )
@@ -194,8 +208,8 @@ def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
         "n_rg_steps": plan.n_rg_steps,
         "lattice_sizes": plan.lattice_sizes,
         "n_blocks": plan.n_blocks,
-        "even_set": interaction_names(EVEN),
-        "odd_set": interaction_names(ODD),
+        "even_set": interaction_names(sets["even"]),
+        "odd_set": interaction_names(sets["odd"]),
     }
     for exponent, set_name in EXPONENT_SET.items():
         record[exponent] = result.y[set_name].tolist()
