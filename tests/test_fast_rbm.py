@@ -11,7 +11,8 @@ from test_rbm import L, all_states, chi_square_pvalue, dense_weights, make_rbm
 from rbmrg.training import cd_numba as fast_rbm
 from rbmrg.training.module import RBMModule
 
-GEOMETRIES = [(32, 8, 2), (4, 3, 2), (8, 1, 2), (9, 2, 3), (5, 3, 1), (6, 6, 2), (10, 7, 2)]
+# Stride 1 is refused by ConvRBM (no scale factor), so every geometry here has b >= 2.
+GEOMETRIES = [(32, 8, 2), (4, 3, 2), (8, 1, 2), (9, 2, 3), (9, 4, 3), (6, 6, 2), (10, 7, 2)]
 
 
 @pytest.mark.parametrize("size, filter_size, stride", GEOMETRIES)
