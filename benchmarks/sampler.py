@@ -1,6 +1,6 @@
 """Sampler benchmark at L = 32, K_c: spin updates per second and decorrelated samples per second.
 
-    python benchmarks/sampler.py                  # all algorithms, CPU (+ CUDA torch samplers)
+    python benchmarks/sampler.py                  # all algorithms, CPU (+ CUDA: fused and torch)
     python benchmarks/sampler.py --threads 1      # on a shared machine
     python benchmarks/sampler.py --samples 1000000  # also time the full Table-1-sized draw
 
@@ -115,9 +115,11 @@ def main() -> None:
     cases = [(alg, chains, tau, torch.device("cpu")) for alg, chains, tau in CPU_CASES]
     if torch.cuda.is_available():
         cases += [
+            ("metropolis-fused", 65536, (4096, 1500, 2), torch.device("cuda")),
             ("metropolis", 8192, (512, 1500, 2), torch.device("cuda")),
             ("heatbath", 8192, (512, 1500, 4), torch.device("cuda")),
         ]
+    # Without CUDA, metropolis-fused runs under Triton's interpreter: exact but no speed figure.
     if args.algorithms:
         cases = [case for case in cases if case[0] in args.algorithms]
     baseline = {}
@@ -132,7 +134,7 @@ def main() -> None:
         # Sampling alone, from the sweep rate: what a draw of n_draw spaced by n_between costs.
         draw_projected_s = (n_draw * n_between + 1000 * n_thermalize) / rate
         draw_s = float("nan")
-        if algorithm in ("metropolis-msc", "wolff"):  # the eager ones would take many minutes
+        if algorithm in ("metropolis-msc", "wolff", "metropolis-fused"):  # eager: many minutes
             start = time.perf_counter()
             draw_samples(
                 model,

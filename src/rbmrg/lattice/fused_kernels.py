@@ -5,7 +5,7 @@ kernels are compiled for the GPU or run by Triton's interpreter on the CPU (the 
 ``@triton.jit`` decorates them, i.e. when this module is imported).
 
 Layout: ``spins`` is the sampler's ``(n_chains, L, ..., L)`` int8 tensor, row-major (the last axis
-is x), values +1/-1. One *program* owns ``CHAINS_PER_PROGRAM`` whole chains and carries them
+is x), values +1/-1. One *program* owns ``chains_per_program`` whole chains and carries them
 through all the half-sweeps of a launch; no two programs touch the same chain, so the only
 synchronisation needed is between the threads of one program, between two half-sweeps.
 
@@ -20,7 +20,9 @@ on the launch configuration (block size, chains per program, sweeps per launch, 
 A tile is a 1D block of groups: Philox runs once per group, then four passes update the slots
 ``w Q + group`` (w = 0..3), each with its own word. Consecutive groups are consecutive slots, so every
 pass reads memory in order, and no value is shared between threads (no layout conversion, no Philox
-computed twice).
+computed twice). Only what shapes the code is constexpr (L, dim, tile size, sign of K); chains per
+program, tiles, half-sweeps and thresholds are runtime arguments, so one compiled kernel serves
+every chain count and coupling of a lattice.
 """
 
 from __future__ import annotations
@@ -81,11 +83,11 @@ def hot_start_kernel(
     spins_ptr,
     params_ptr,
     n_chains,
+    chains_per_program,
+    n_tiles,
     N: tl.constexpr,
     GROUPS: tl.constexpr,
-    CHAINS_PER_PROGRAM: tl.constexpr,
     TILE: tl.constexpr,
-    N_TILES: tl.constexpr,
 ):
     """Independent uniform +1/-1 on every site: the top bit of a Philox word of (site, chain).
 
@@ -96,20 +98,22 @@ def hot_start_kernel(
     k0 = tl.load(params_ptr + 0).to(tl.uint32)
     k1 = tl.load(params_ptr + 1).to(tl.uint32)
     rows = tl.arange(0, TILE)
-    chain0 = tl.program_id(0) * CHAINS_PER_PROGRAM
+    chain0 = tl.program_id(0) * chains_per_program
     spare = tl.full([TILE], INIT_COUNTER_WORD, tl.uint32)
-    for tile in range(N_TILES):
+    tile = 0
+    while tile < n_tiles:  # (a while loop: see metropolis_kernel)
         flat = tile * TILE + rows
         chain_local = flat // GROUPS
         group = flat % GROUPS
         chain = chain0 + chain_local
-        chain_ok = (chain_local < CHAINS_PER_PROGRAM) & (chain < n_chains)
+        chain_ok = (chain_local < chains_per_program) & (chain < n_chains)
         words = philox4x32(group.to(tl.uint32), chain.to(tl.uint32), spare, spare, k0, k1)
         base = spins_ptr + chain.to(tl.int64) * N
         for w in tl.static_range(4):
             site = w * GROUPS + group
             spin = (1 - 2 * (words[w] >> 31).to(tl.int32)).to(tl.int8)
             tl.store(base + site, spin, mask=chain_ok & (site < N))
+        tile += 1
 
 
 @triton.jit
@@ -122,9 +126,9 @@ def _metropolis_pass(
     L: tl.constexpr,
     DIM: tl.constexpr,
     SIGN: tl.constexpr,
-    THRESHOLD_2: tl.constexpr,
-    THRESHOLD_4: tl.constexpr,
-    THRESHOLD_6: tl.constexpr,
+    threshold_2,
+    threshold_4,
+    threshold_6,
 ):
     """Metropolis update of the sublattice sites ``slot`` (where ``ok``) of parity ``parity``."""
     ROW: tl.constexpr = L // 2
@@ -176,7 +180,7 @@ def _metropolis_pass(
         )
     spin = tl.load(base + site, mask=ok, other=1).to(tl.int32)
     cost = SIGN * spin * field  # -ln(weight ratio of the flip) / (2 |K|)
-    threshold = tl.where(cost == 2, THRESHOLD_2, tl.where(cost == 4, THRESHOLD_4, THRESHOLD_6))
+    threshold = tl.where(cost == 2, threshold_2, tl.where(cost == 4, threshold_4, threshold_6))
     # Top 31 bits of the word: a non-negative int32, compared with the int32 thresholds.
     flip = (cost <= 0) | ((word >> 1).to(tl.int32) < threshold)
     tl.store(base + site, (-spin).to(tl.int8), mask=ok & flip)
@@ -187,19 +191,19 @@ def metropolis_kernel(
     spins_ptr,
     params_ptr,
     n_chains,
+    chains_per_program,
+    n_tiles,
     n_half_sweeps,
+    threshold_2,
+    threshold_4,
+    threshold_6,
     L: tl.constexpr,
     DIM: tl.constexpr,
     N: tl.constexpr,
     HALF: tl.constexpr,
     GROUPS: tl.constexpr,
-    CHAINS_PER_PROGRAM: tl.constexpr,
     TILE: tl.constexpr,
-    N_TILES: tl.constexpr,
     SIGN: tl.constexpr,
-    THRESHOLD_2: tl.constexpr,
-    THRESHOLD_4: tl.constexpr,
-    THRESHOLD_6: tl.constexpr,
     SYNC: tl.constexpr,
 ):
     """``n_half_sweeps`` checkerboard Metropolis half-sweeps of every chain, in place.
@@ -208,28 +212,30 @@ def metropolis_kernel(
     parity ``t mod 2`` (coordinate sum), each flipped with probability min(1, exp(-2 K s h)), h the
     sum of its 2 DIM neighbours. With ``cost = sign(K) s h`` the flip is always taken for
     cost <= 0; for cost = 2, 4, 6 it is taken when the top 31 bits of its Philox word are below
-    ``THRESHOLD_cost = floor(exp(-2 |K| cost) 2^31)``: an exact integer comparison, so the
-    acceptance probability is exp(-2 |K| cost) to within 2^-31.
+    ``threshold_cost = floor(exp(-2 |K| cost) 2^31)`` (int32 arguments, not constexpr, so one
+    compiled kernel serves every coupling): an exact integer comparison, so the acceptance
+    probability is exp(-2 |K| cost) to within 2^-31.
     """
     k0 = tl.load(params_ptr + 0).to(tl.uint32)
     k1 = tl.load(params_ptr + 1).to(tl.uint32)
     first = tl.load(params_ptr + 2)
     rows = tl.arange(0, TILE)
-    chain0 = tl.program_id(0) * CHAINS_PER_PROGRAM
-    # A while loop, not range(n_half_sweeps): Triton 3.6's interpreter cannot take a runtime
-    # bound in range() with numpy >= 2.4 (it converts a 1-element array with int()).
+    chain0 = tl.program_id(0) * chains_per_program
+    # While loops, not range(n): Triton 3.6's interpreter cannot take a runtime bound in range()
+    # with numpy >= 2.4 (it converts a 1-element array with int()).
     step = 0
     while step < n_half_sweeps:
         half_sweep = first + step
         parity = (half_sweep & 1).to(tl.int32)
         sweep_low = tl.full([TILE], 0, tl.uint32) + half_sweep.to(tl.uint32)  # low 32 bits
         sweep_high = tl.full([TILE], 0, tl.uint32) + (half_sweep >> 32).to(tl.uint32)
-        for tile in range(N_TILES):
+        tile = 0
+        while tile < n_tiles:
             flat = tile * TILE + rows
             chain_local = flat // GROUPS
             group = flat % GROUPS
             chain = chain0 + chain_local
-            chain_ok = (chain_local < CHAINS_PER_PROGRAM) & (chain < n_chains)
+            chain_ok = (chain_local < chains_per_program) & (chain < n_chains)
             words = philox4x32(
                 group.to(tl.uint32), chain.to(tl.uint32), sweep_low, sweep_high, k0, k1
             )
@@ -245,10 +251,11 @@ def metropolis_kernel(
                     L,
                     DIM,
                     SIGN,
-                    THRESHOLD_2,
-                    THRESHOLD_4,
-                    THRESHOLD_6,
+                    threshold_2,
+                    threshold_4,
+                    threshold_6,
                 )
+            tile += 1
         if SYNC:
             # The next half-sweep reads what this one wrote, from other threads of the program.
             tl.debug_barrier()
