@@ -110,10 +110,13 @@ def run_pytest(arguments: list[str], timeout: float) -> dict:
         output = output.decode(errors="replace") if isinstance(output, bytes) else output
         return {"status": f"timed out after {timeout:.0f} s", "output_tail": output[-3000:]}
     output = done.stdout + done.stderr
+    summary = next(
+        (line for line in reversed(output.splitlines()) if re.search(r" in [\d.]+s", line)), ""
+    )
     counts = {
         word: int(number)
         for number, word in re.findall(
-            r"(\d+) (passed|failed|skipped|error|errors|deselected)", output
+            r"(\d+) (passed|failed|skipped|error|errors|deselected)", summary
         )
     }
     status = {0: "passed", 1: "failures", 5: "no tests selected"}.get(done.returncode, "error")
@@ -128,24 +131,22 @@ def run_pytest(arguments: list[str], timeout: float) -> dict:
 
 
 def step_tests(args: argparse.Namespace, budget: Budget) -> dict:
+    """One pytest run per file, so that a file that cannot be imported does not hide the others."""
     if args.quick:
-        files = ["tests/test_fused.py", "-k", "philox or bad_knobs"]
+        runs = {"tests/test_fused.py": ["tests/test_fused.py", "-k", "philox or bad_knobs"]}
     else:
-        files = ["-m", "not slow", *TEST_FILES]
-    main = run_pytest(files, timeout=max(10.0, budget.left() - 20))
-    result = {"device_files": main}
-    if not args.quick:
-        # Only the files that use the marker (importing the others needs wandb & co.).
-        marked = [
-            str(path.relative_to(ROOT))
-            for path in sorted((ROOT / "tests").glob("test_*.py"))
-            if "mark.cuda" in path.read_text() and str(path.relative_to(ROOT)) not in TEST_FILES
-        ]
-        if marked:
-            result["cuda_marked"] = run_pytest(
-                ["-m", "cuda and not slow", *marked], timeout=max(10.0, budget.left())
-            )
-    for name, part in result.items():
+        runs = {path: ["-m", "not slow", path] for path in TEST_FILES}
+        # Every other file that uses the cuda marker (importing the rest needs wandb & co.).
+        for path in sorted((ROOT / "tests").glob("test_*.py")):
+            name = str(path.relative_to(ROOT))
+            if name not in runs and "mark.cuda" in path.read_text():
+                runs[name] = ["-m", "cuda and not slow", name]
+    result = {}
+    for index, (name, arguments) in enumerate(runs.items()):
+        # All that is left, but 15 s for each file still to run.
+        timeout = budget.left() - 15 * (len(runs) - index - 1)
+        result[name] = run_pytest(arguments, timeout=max(10.0, timeout))
+        part = result[name]
         log(f"  {name}: {part['status']} {part.get('counts', {})}")
         for test in part.get("failed", []):
             log(f"    FAILED {test}")
@@ -432,9 +433,10 @@ def format_table(record: dict) -> str:
     tests = record["steps"].get("tests", {})
     for name, part in tests.get("result", {}).items():
         counts = part.get("counts", {})
+        errors = counts.get("error", 0) + counts.get("errors", 0)
         lines.append(
-            f"| tests ({name}) | {counts.get('passed', 0)} passed, {counts.get('failed', 0)} failed,"
-            f" {counts.get('skipped', 0)} skipped | {part.get('status')} |"
+            f"| tests: `{name}` | {counts.get('passed', 0)} passed, {counts.get('failed', 0)} failed,"
+            f" {errors} errors, {counts.get('skipped', 0)} skipped | {part.get('status')} |"
         )
     if "error" in tests:
         lines.append(f"| tests | failed to run | {tests['error']} |")
