@@ -196,7 +196,8 @@ def _weight_and_stride(content: dict, where: str) -> tuple[torch.Tensor, Any]:
 def load_rbm(path: str | os.PathLike) -> ConvRBM:
     """The ConvRBM stored at ``path`` (plain filter file or Lightning checkpoint), on the CPU.
 
-    Read with :func:`read_checkpoint`. The filter size f comes from the weight's (f, f) shape.
+    Read with :func:`read_checkpoint`. The filter size f and the lattice dimension come from the
+    weight's shape, (f, f) or (f, f, f).
     Raises FileNotFoundError or ValueError naming ``path`` if the file is missing, unreadable,
     unsafe, or holds no usable square, finite filter and positive integer stride.
     """
@@ -205,12 +206,13 @@ def load_rbm(path: str | os.PathLike) -> ConvRBM:
     weight, stride = _weight_and_stride(read_checkpoint(path), where)
     if (
         not isinstance(weight, torch.Tensor)
-        or weight.ndim != 2
-        or weight.shape[0] != weight.shape[1]
+        or weight.ndim not in (2, 3)
+        or len(set(weight.shape)) != 1
     ):
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise ValueError(
-            f"checkpoint {where}: the filter must be a square (f, f) tensor, got {shape}"
+            f"checkpoint {where}: the filter must be a square (f, f) or cubic (f, f, f) tensor, "
+            f"got {shape}"
         )
     if not weight.is_floating_point() or not torch.isfinite(weight).all():
         raise ValueError(f"checkpoint {where}: the filter has non-finite or non-real entries")
@@ -220,7 +222,9 @@ def load_rbm(path: str | os.PathLike) -> ConvRBM:
         raise ValueError(f"checkpoint {where}: stride={stride!r} must be a positive integer")
     if stride < 1:
         raise ValueError(f"checkpoint {where}: stride={stride!r} must be a positive integer")
-    rbm = ConvRBM(filter_size=int(weight.shape[0]), stride=int(stride), init_scale=0.0)
+    rbm = ConvRBM(
+        filter_size=int(weight.shape[0]), stride=int(stride), init_scale=0.0, dim=weight.ndim
+    )
     with torch.no_grad():
         rbm.weight.copy_(weight.to(torch.float32))
     return rbm.eval()
