@@ -32,6 +32,7 @@ from rbmrg.rg.interactions_3d import (
     ODD_CANDIDATES_3D,
     ODD_SETS_3D,
     default_sets,
+    sets_for,
 )
 from rbmrg.rg.mcrg import chain_blocks, chain_major_batches, run_mcrg
 from rbmrg.rg.rbm import ConvRBM
@@ -158,6 +159,21 @@ def test_3d_sets_are_named_orders_of_the_candidates():
     assert default_sets(2) == {"even": EVEN, "odd": ODD}
     with pytest.raises(ValueError, match="data.dim=4"):
         default_sets(4)
+
+
+def test_sets_are_looked_up_in_the_lattice_of_their_dimension():
+    """One configuration value, e.g. mcrg.even_set=distance, names the set of either lattice."""
+    assert sets_for(3, "distance", "span") == {
+        "even": EVEN_SETS_3D["distance"],
+        "odd": ODD_SETS_3D["span"],
+    }
+    chosen = sets_for(3, ["nn", "body_diag"], ["magnetization"])
+    assert [i.name for i in chosen["even"]] == ["nn", "body_diag"]
+    assert sets_for(2, "distance")["even"][2].name == "third"
+    with pytest.raises(ValueError, match=r"mcrg.even_set=\['nn', 'diag'\].*'diag'"):
+        sets_for(3, ["nn", "diag"])  # diag is the square lattice's name
+    with pytest.raises(ValueError, match="mcrg.odd_set=.*'nn'.* are not odd"):
+        sets_for(3, odd=["magnetization", "nn"])
 
 
 def test_3d_interactions_that_do_not_fit_a_4_cubed_level_are_nan():

@@ -184,20 +184,32 @@ def interaction_names(interactions: Sequence[Interaction]) -> list[str]:
     return [interaction.name for interaction in interactions]
 
 
+#: What :func:`interaction_set` looks names up in: parity -> (named sets, candidates).
+Catalogue = dict[str, tuple[dict[str, tuple[Interaction, ...]], dict[str, Interaction]]]
+
+
 def interaction_set(
-    spec: str | Sequence[str], parity: str = "even", setting: str | None = None
+    spec: str | Sequence[str],
+    parity: str = "even",
+    setting: str | None = None,
+    catalogue: Catalogue | None = None,
 ) -> tuple[Interaction, ...]:
     """The ordered interaction set that a configuration value names.
 
     ``spec`` is the name of a set of ``EVEN_SETS`` / ``ODD_SETS`` (``"distance"``) or a list of
     candidate names in the order wanted (``["nn", "diag", "third"]``). ``parity`` is ``"even"`` or
     ``"odd"``. Errors name ``setting`` (default ``mcrg.<parity>_set``) and list what is valid.
+    ``catalogue`` holds the sets and candidates (default: the square lattice's; the cubic
+    lattice's is ``rbmrg.rg.interactions_3d.CATALOGUE_3D``, see ``interactions_3d.sets_for``).
     """
     if parity not in ("even", "odd"):
         raise ValueError(f"parity={parity!r}: must be 'even' or 'odd'")
     setting = setting or f"mcrg.{parity}_set"
-    sets = EVEN_SETS if parity == "even" else ODD_SETS
-    candidates = EVEN_CANDIDATES if parity == "even" else ODD_CANDIDATES
+    catalogue = catalogue or {
+        "even": (EVEN_SETS, EVEN_CANDIDATES),
+        "odd": (ODD_SETS, ODD_CANDIDATES),
+    }
+    sets, candidates = catalogue[parity]
     if isinstance(spec, str):
         if spec not in sets:
             raise ValueError(
@@ -215,7 +227,7 @@ def interaction_set(
         raise ValueError(f"{setting}=[]: give at least one interaction")
     unknown = [name for name in names if name not in candidates]
     if unknown:
-        other = ODD_CANDIDATES if parity == "even" else EVEN_CANDIDATES
+        other = catalogue["odd" if parity == "even" else "even"][1]
         wrong_parity = [name for name in unknown if name in other]
         hint = f" ({wrong_parity} are not {parity})" if wrong_parity else ""
         raise ValueError(

@@ -17,15 +17,17 @@ The candidates are named once (``EVEN_CANDIDATES_3D``, ``ODD_CANDIDATES_3D``); `
 ``ODD_3D`` are the defaults, ordered by the rules of the 2D defaults and named like them (even:
 ``span``, odd: ``size``). Interactions of span <= 1 (inside a 2 x 2 x 2 cube) are the only ones that
 fit a 4^3 level (L > 2 span), the last level of an L = 16 lattice after two steps of b = 2: the
-default even set has five of them first, the odd one three. :func:`default_sets` gives the default
-sets of either dimension.
+default even set has five of them first, the odd one three. :func:`sets_for` looks the sets of
+either dimension up from configuration values (``mcrg.even_set``, ``mcrg.odd_set``), and
+:func:`default_sets` gives the default ones.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
-from rbmrg.rg.interactions import EVEN, ODD, Interaction, Offset
+from rbmrg.rg.interactions import Catalogue, Interaction, Offset, interaction_set
 
 Term = tuple[Offset, ...]
 
@@ -161,13 +163,32 @@ EVEN_3D: tuple[Interaction, ...] = EVEN_SETS_3D["span"]
 ODD_3D: tuple[Interaction, ...] = ODD_SETS_3D["size"]
 
 
-def default_sets(dim: int) -> dict[str, tuple[Interaction, ...]]:
-    """``{"even": ..., "odd": ...}``: the default interaction sets of the ``dim``-dimensional lattice.
+#: The cubic lattice's sets and candidates, for :func:`rbmrg.rg.interactions.interaction_set`.
+CATALOGUE_3D: Catalogue = {
+    "even": (EVEN_SETS_3D, EVEN_CANDIDATES_3D),
+    "odd": (ODD_SETS_3D, ODD_CANDIDATES_3D),
+}
 
-    The keys are those of :data:`rbmrg.rg.mcrg.EXPONENT_SET` (even -> y_t, odd -> y_h).
+
+def sets_for(
+    dim: int, even: str | Sequence[str] = "span", odd: str | Sequence[str] = "size"
+) -> dict[str, tuple[Interaction, ...]]:
+    """``{"even": ..., "odd": ...}`` for the ``dim``-dimensional lattice, from configuration values.
+
+    ``even`` and ``odd`` are what ``mcrg.even_set`` / ``mcrg.odd_set`` hold: a set name of that
+    lattice (the default names exist in 2D and 3D) or a list of its candidate names, looked up by
+    :func:`rbmrg.rg.interactions.interaction_set` (errors name the setting). The keys are those of
+    :data:`rbmrg.rg.mcrg.EXPONENT_SET` (even -> y_t, odd -> y_h).
     """
-    if dim == 2:
-        return {"even": EVEN, "odd": ODD}
-    if dim == 3:
-        return {"even": EVEN_3D, "odd": ODD_3D}
-    raise ValueError(f"data.dim={dim!r}: MCRG interaction sets exist for dim=2 and dim=3 only")
+    if dim not in (2, 3):
+        raise ValueError(f"data.dim={dim!r}: MCRG interaction sets exist for dim=2 and dim=3 only")
+    catalogue = CATALOGUE_3D if dim == 3 else None  # None: the square lattice's
+    return {
+        "even": interaction_set(even, "even", catalogue=catalogue),
+        "odd": interaction_set(odd, "odd", catalogue=catalogue),
+    }
+
+
+def default_sets(dim: int) -> dict[str, tuple[Interaction, ...]]:
+    """The default interaction sets of the ``dim``-dimensional lattice (:func:`sets_for`)."""
+    return sets_for(dim)
