@@ -17,6 +17,10 @@ Equilibrium against enumeration and Kaufman's L = 32 energy: tests/test_ising.py
 """
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,6 +252,47 @@ def test_missing_triton_is_reported_by_name(monkeypatch):
         check_algorithm("metropolis-fused", 2)
     with pytest.raises(ValueError, match="algorithm='metropolis-fused'"):
         make_sampler(IsingModel(L=4), "metropolis-fused")
+
+
+# The kernels compiled for an H100 (sm_90) by Triton's own ptxas, no GPU needed: catches code the
+# interpreter accepts but the compiler rejects. Run in a fresh process, where TRITON_INTERPRET is off.
+COMPILE_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from rbmrg.lattice import fused_kernels as kernels
+
+def build(fn, signature, constexprs):
+    source = ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constexprs, "constexpr")},
+                       constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    assert compiled.asm["cubin"], fn
+
+runtime = dict.fromkeys(["n_chains", "chains_per_program", "n_tiles"], "i32")
+sweeps = dict.fromkeys(["n_half_sweeps", "threshold_2", "threshold_4", "threshold_6"], "i32")
+pointers = {"spins_ptr": "*i8", "params_ptr": "*i64"}
+for L, dim, sign in ((32, 2, 1), (6, 3, -1), (10, 1, 0)):
+    n = L**dim
+    build(kernels.metropolis_kernel, {**pointers, **runtime, **sweeps},
+          dict(L=L, DIM=dim, N=n, HALF=n // 2, GROUPS=-(-n // 8), TILE=256, SIGN=sign, SYNC=True))
+build(kernels.hot_start_kernel, {**pointers, **runtime}, dict(N=1024, GROUPS=256, TILE=256))
+build(kernels.philox_kernel, {"counters_ptr": "*i64", "key_ptr": "*i64", "out_ptr": "*i64",
+      "n": "i32"}, dict(BLOCK=16))
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_the_gpu():
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("this triton wheel has no ptxas")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    src = str(Path(fused.__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
 
 
 # --------------------------------------------------------------------------------------------------
