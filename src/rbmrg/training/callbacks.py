@@ -8,13 +8,15 @@ set) after every epoch, logs y_t and y_h with jackknife errors under keys
 
 (plotted against ``mcrg/epoch`` on wandb), keeps the whole history in its state so it survives a
 resume, writes it to ``<output_dir>/mcrg_history.csv`` and draws the figures of :mod:`rbmrg.plots`:
-the filter every epoch (Fig. 1) and, at the end, y_t against the training step (Fig. 2).
+the filter every epoch (Fig. 1) and, at the end, y_t against the training step (Fig. 2). A fresh run
+(not resumed from a checkpoint) refuses to start in a directory that holds these files of another run.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
@@ -28,11 +30,14 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from rbmrg import plots
+from rbmrg.rg.interactions_3d import default_sets
 from rbmrg.rg.mcrg import MCRGResult, chain_major_batches, level0_values, run_mcrg
 from rbmrg.rg.rbm import ConvRBM
 from rbmrg.rg.transforms import rbm as rbm_transform
 
 HISTORY_FIELDS = ("epoch", "step", "n_r", "n_c", "y_t", "y_t_err", "y_h", "y_h_err")
+#: What this callback writes into its run directory (a fresh run refuses to start over them).
+OUTPUTS = ("mcrg_history.csv", "fig1_filters.png", "fig2_yt_vs_step.png", "filters")
 
 
 def max_rg_steps(L: int, filter_size: int, stride: int, wanted: int) -> int:
@@ -124,6 +129,8 @@ class MCRGCallback(pl.Callback):
         return path
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and trainer.ckpt_path is None:
+            self._refuse_earlier_outputs(Path(self.output_dir or trainer.default_root_dir))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and trainer.is_global_zero:
                 # Plot the MCRG curves against the epoch, not against the optimizer step.
@@ -170,6 +177,7 @@ class MCRGCallback(pl.Callback):
                 n_rg_steps,
                 float(rbm.stride),
                 n_blocks=n_blocks,
+                sets=default_sets(spins.ndim - 1),
                 generator=generator,
             )
 
@@ -182,7 +190,8 @@ class MCRGCallback(pl.Callback):
         """
         key = (spins.data_ptr(), tuple(spins.shape), spins._version, str(device))
         if self._level0 is None or self._level0[0] != key:
-            values = level0_values(spins.to(device), batch_size=self.batch_size)
+            sets = default_sets(spins.ndim - 1)  # the lattice's own interactions, 2D or 3D
+            values = level0_values(spins.to(device), sets, batch_size=self.batch_size)
             self._level0 = (key, values, spins)
         return self._level0[1]
 
@@ -242,7 +251,9 @@ class MCRGCallback(pl.Callback):
         panel = {e: self.filters[e] for e in (*self.panel_epochs, last) if e in self.filters}
         figures = {"fig1_filters": plots.filter_panel(panel)}
         if self.history:
-            figures["fig2_yt_vs_step"] = plots.yt_history_figure(self.history, 1, self.n_cs)
+            figures["fig2_yt_vs_step"] = plots.yt_history_figure(
+                self.history, 1, self.n_cs, dim=pl_module.rbm.dim
+            )
         for name, fig in figures.items():
             path = run_dir / f"{name}.png"
             fig.savefig(path)
@@ -250,12 +261,27 @@ class MCRGCallback(pl.Callback):
 
     # ---------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _refuse_earlier_outputs(run_dir: Path) -> None:
+        """A fresh run (not a resume) must not write over the history or figures of another run."""
+        found = [name for name in OUTPUTS if (run_dir / name).exists()]
+        if found:
+            raise FileExistsError(
+                f"mcrg.output_dir={run_dir} already holds {', '.join(found)} of another run: a new "
+                "run never overwrites them (choose another directory, or resume that run with "
+                "ckpt_path=...)"
+            )
+
     def _write_history(self, trainer: pl.Trainer, run_dir: Path) -> None:
+        # The whole history is rewritten each time: write it aside and rename it into place, so a
+        # kill mid-write leaves the previous complete file, never a truncated one.
         path = run_dir / "mcrg_history.csv"
-        with path.open("w", newline="") as handle:
+        partial = run_dir / f".mcrg_history.csv.partial-{os.getpid()}"
+        with partial.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
             writer.writeheader()
             writer.writerows(self.history)
+        os.replace(partial, path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 # Files in the run's own directory travel with it (`wandb sync` uploads them).

@@ -322,7 +322,13 @@ class IsingDataModule(pl.LightningDataModule):
             self.train_seed,
             rank=rank,
             world_size=world_size,
-            epoch_of=(lambda: trainer.current_epoch) if trainer is not None else None,
+            # The epoch Lightning hands to samplers (epochs whose batches all ran): unlike
+            # current_epoch it is already advanced when a run resumes from an epoch-end checkpoint.
+            epoch_of=(
+                (lambda: trainer.fit_loop.epoch_progress.current.processed)
+                if trainer is not None
+                else None
+            ),
         )
 
 

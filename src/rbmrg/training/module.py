@@ -24,7 +24,8 @@ Two implementations of the same update (``backend``): ``"torch"``, the readable 
 CPU kernel of :mod:`rbmrg.training.cd_numba` (the whole Gibbs chain and the CD gradient in one compiled call,
 handed to autograd through :class:`rbmrg.training.cd_numba.SurrogateLoss`). ``"auto"`` takes numba for 2D
 lattices on the CPU and torch otherwise. Both draw their random numbers from torch's generator, so
-``seed_everything`` reproduces a run of either; the two do not draw the same chains.
+``seed_everything`` reproduces a run of either; the two do not draw the same chains. Checkpoints
+carry the generators' states (:func:`rng_states`), so a resumed run continues bit for bit.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 
 from rbmrg.rg.rbm import ConvRBM
 from rbmrg.training.schedules import Schedule, SqrtDecay
 
 BACKENDS = ("auto", "torch", "numba")
+#: Checkpoint entry holding the random-generator states (see rng_states).
+RNG_STATES_KEY = "rng_states"
 #: Per-step attributes that are never parameters, modules or buffers (see RBMModule.__setattr__).
 _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_gap_sum", "_gap_count"})
 
@@ -56,6 +60,7 @@ class RBMModule(pl.LightningModule):
         schedule: learning-rate law (:mod:`rbmrg.training.schedules`); default the paper's square-root decay.
         betas: Adam's (beta1, beta2).
         backend: ``"torch"`` (reference, default), ``"numba"`` (fused CPU kernel) or ``"auto"``.
+        dim: lattice dimension, 2 (square f x f filter) or 3 (cubic f x f x f filter).
 
     The filter is the attribute ``rbm`` (state-dict key ``rbm.weight``); ``filter_size`` and ``stride``
     are saved as hyper-parameters so a checkpoint alone rebuilds the transformation.
@@ -71,6 +76,7 @@ class RBMModule(pl.LightningModule):
         schedule: Schedule | Mapping | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         backend: str = "torch",
+        dim: int = 2,
     ):
         super().__init__()
         if not isinstance(cd_k, int) or isinstance(cd_k, bool) or cd_k < 1:
@@ -83,7 +89,7 @@ class RBMModule(pl.LightningModule):
         # config is logged with the run instead).
         self.save_hyperparameters(ignore=["schedule"], logger=False)
         self.hparams["betas"] = tuple(float(beta) for beta in betas)
-        self.rbm = ConvRBM(filter_size=filter_size, stride=stride, init_scale=init_scale)
+        self.rbm = ConvRBM(filter_size=filter_size, stride=stride, init_scale=init_scale, dim=dim)
         self.schedule = _as_schedule(schedule)
         self.chains: torch.Tensor | None = None  # persistent chains, (batch_size, L, ..., L)
         self._gap_sum: torch.Tensor | None = None  # on-device running sum, no host sync per step
@@ -101,8 +107,10 @@ class RBMModule(pl.LightningModule):
     # ---------------------------------------------------------------------------------------------
     # Physics hooks
 
-    def check_lattice(self, L: int) -> None:
-        """Raise a ValueError naming the setting if the filter cannot be used on an L lattice."""
+    def check_lattice(self, L: int, dim: int | None = None) -> None:
+        """Raise a ValueError naming the setting if the filter cannot be used on an L^dim lattice."""
+        if dim is not None and dim != self.rbm.dim:
+            raise ValueError(f"model.dim={self.rbm.dim} does not match data.dim={dim}")
         self.rbm.check_lattice(L)
 
     def chain_start(self, spins: torch.Tensor) -> torch.Tensor:
@@ -227,10 +235,54 @@ class RBMModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.chains is not None:
             checkpoint["persistent_chains"] = self.chains.detach().cpu()
+        checkpoint[RNG_STATES_KEY] = rng_states()
+        # The running sum behind train/free_energy_gap_epoch, so that an epoch interrupted and
+        # resumed logs the same mean as an uninterrupted one.
+        gap_sum = None if self._gap_sum is None else self._gap_sum.detach().cpu().clone()
+        checkpoint["free_energy_gap_running"] = {"sum": gap_sum, "count": self._gap_count}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         chains = checkpoint.get("persistent_chains")
         self.chains = None if chains is None else chains.to(self.rbm.weight.device)
+        running = checkpoint.get("free_energy_gap_running") or {}
+        gap_sum = running.get("sum")
+        self._gap_sum = None if gap_sum is None else gap_sum.to(self.rbm.weight.device)
+        self._gap_count = int(running.get("count", 0))
+        states = checkpoint.get(RNG_STATES_KEY)
+        if states is None:
+            rank_zero_warn(
+                "the checkpoint holds no random-number state (written by an older rbmrg): the "
+                "resumed run draws other Gibbs samples than the interrupted one would have"
+            )
+        else:
+            set_rng_states(states)
+
+
+def rng_states() -> dict[str, Any]:
+    """The states of every random generator a training update draws from.
+
+    The torch path draws its Gibbs samples from torch's default generator of the device (CPU or
+    CUDA), the numba kernel its per-update seed from the CPU one (``cd_numba.draw_seed``); the
+    minibatch order has its own state in the data loader and MCRG its own fixed seed. Saved at
+    every checkpoint and restored on resume, they make a resumed run draw exactly the numbers the
+    uninterrupted run draws: nothing between a checkpoint and the next update, in either run,
+    draws from these generators.
+    """
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"].cpu())
+    cuda = list(states.get("cuda") or [])
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all([state.cpu() for state in cuda])
+    elif cuda:
+        rank_zero_warn(
+            f"the checkpoint holds the random state of {len(cuda)} CUDA device(s), this machine "
+            f"has {torch.cuda.device_count()}: GPU draws continue from another state"
+        )
 
 
 def _as_schedule(schedule: Schedule | Mapping | None) -> Schedule:
