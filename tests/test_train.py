@@ -1,10 +1,11 @@
-"""train.py end to end on a tiny lattice: wandb offline, multirun sweep, resume, bad settings.
+"""Training end to end on a tiny lattice: wandb offline, multirun sweep, resume, bad settings.
 
-Every run writes under tmp_path (outputs, wandb, sample cache), never into the repository.
+``rbmrg.training.run.train`` is called directly with a composed config (what ``python train.py`` runs);
+the sweep test starts ``train.py`` itself. Every run writes under tmp_path (outputs, wandb, sample
+cache), never into the repository. Resuming after a kill: tests/test_resume.py.
 """
 
 import csv
-import importlib.util
 import math
 import os
 import subprocess
@@ -19,10 +20,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
+from rbmrg import runs
+from rbmrg.checkpoint import load_rbm
+from rbmrg.training import run as training
+
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("rbmrg_train_script", ROOT / "train.py")
-train_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_script)
 
 #: 8x8 lattice, 200 + 400 configurations, 4x4 filter, 2 epochs of 20 updates: a few seconds.
 TINY = [
@@ -70,8 +72,12 @@ def read_history(path: Path) -> list[dict]:
 
 def test_short_run_with_wandb_offline_writes_history_figures_and_checkpoints(tmp_path):
     cfg = compose_train(tmp_path, [*TINY, "logger=wandb"])
-    value = train_script.train(cfg)
-    assert 0.5 < value < 1.5  # y_t at N_r = 1, N_c = 3 after 40 updates: rough, but physical
+    metrics, objects = training.train(cfg)
+    y_t = metrics["mcrg/y_t/nr1_nc3"]
+    assert 0.5 < y_t < 1.5  # y_t at N_r = 1, N_c = 3 after 40 updates: rough, but physical
+    # The sweeper minimises the distance from the exact value, not y_t itself.
+    assert training.get_metric_value(metrics, cfg.optimized_metric, 1.0) == abs(y_t - 1.0)
+    assert isinstance(objects["trainer"], pl.Trainer)
     run = tmp_path / "run"
     (offline,) = (run / "wandb").glob("offline-run-*")
     history = read_history(offline / "files" / "mcrg_history.csv")
@@ -84,8 +90,6 @@ def test_short_run_with_wandb_offline_writes_history_figures_and_checkpoints(tmp
         assert (run / name).stat().st_size > 1000
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["epoch_000.ckpt", "epoch_001.ckpt", "last.ckpt"]
-    from rbmrg.checkpoint import load_rbm
-
     rbm = load_rbm(run / "checkpoints" / "last.ckpt")
     assert rbm.filter_size == 4 and rbm.stride == 2
 
@@ -93,7 +97,7 @@ def test_short_run_with_wandb_offline_writes_history_figures_and_checkpoints(tmp
 @pytest.mark.parametrize("logger", ["csv", "tensorboard", "none"])
 def test_other_loggers(tmp_path, logger):
     cfg = compose_train(tmp_path, [*TINY, f"logger={logger}", "trainer.max_epochs=1"])
-    train_script.train(cfg)
+    training.train(cfg)
     run = tmp_path / "run"
     assert (run / "mcrg_history.csv").exists()
     if logger == "csv":
@@ -140,11 +144,11 @@ def test_multirun_sweep_gives_each_job_its_directory_and_wandb_run(tmp_path):
 def test_multirun_names_and_groups_wandb_runs_by_sweep(tmp_path):
     settings = {
         "mode": "MULTIRUN",
-        "sweep.dir": str(tmp_path / "my_sweep"),
+        "runtime.output_dir": str(tmp_path / "my_sweep" / "0"),
         "job.override_dirname": "model.filter_size=4",
     }
     cfg = compose_train(tmp_path, [*TINY, "logger=wandb"], hydra_settings=settings)
-    logger = train_script._tracking(cfg.logger)
+    logger = training.tracking_config(cfg.logger)
     assert logger.group == "my_sweep"
     assert logger.name == "model.filter_size=4"
     assert logger.offline is True
@@ -186,7 +190,7 @@ def test_resume_after_a_crash_mid_epoch_keeps_step_count_and_history(tmp_path):
     cfg = compose_train(tmp_path, overrides, run="reference")
     with open_dict(cfg):
         cfg.callbacks.record = {**record, "path": str(tmp_path / "reference_batches.txt")}
-    train_script.train(cfg)
+    training.train(cfg)
     # 20 updates an epoch; the run dies at the start of update 35 (mid epoch 2, after the step-35
     # checkpoint of last.ckpt), then resumes from last.ckpt in a new directory.
     cfg = compose_train(tmp_path, overrides, run="crashed")
@@ -194,7 +198,7 @@ def test_resume_after_a_crash_mid_epoch_keeps_step_count_and_history(tmp_path):
         cfg.callbacks.kill = {"_target_": f"{__name__}.Kill", "at_step": 35}
         cfg.callbacks.record = record
     with pytest.raises(RuntimeError, match="killed at step 35"):
-        train_script.train(cfg)
+        training.train(cfg)
     crashed = last_checkpoint(tmp_path / "crashed")
     assert crashed["global_step"] == 35
     assert [row["epoch"] for row in crashed["callbacks"]["MCRGCallback"]["history"]][-1] == 1
@@ -206,7 +210,7 @@ def test_resume_after_a_crash_mid_epoch_keeps_step_count_and_history(tmp_path):
         cfg.callbacks.record = record
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*dataloader is not resumable.*")
-        train_script.train(cfg)
+        training.train(cfg)
     # The resumed run continues the interrupted epoch's shuffle exactly where it stopped: the
     # minibatches of crashed + resumed are those of the uninterrupted run, in the same order.
     assert (tmp_path / "batches.txt").read_text() == (
@@ -226,8 +230,8 @@ def test_resume_after_a_crash_mid_epoch_keeps_step_count_and_history(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.filter_size=16", "filter_size=16 is larger than the lattice L=8"),
-        ("model.stride=3", "L=8 is not divisible by the stride 3"),
+        ("model.filter_size=16", r"filter_size=16 is larger than the lattice (data\.)?L=8"),
+        ("model.stride=3", r"L=8 is not divisible by (the stride |model\.stride=)3"),
         ("model.cd_k=0", "cd_k=0"),
         ("schedule.lr=0", "schedule.lr=0"),
         ("schedule.lr=-1e-3", "schedule.lr=-0.001"),
@@ -236,15 +240,62 @@ def test_resume_after_a_crash_mid_epoch_keeps_step_count_and_history(tmp_path):
 def test_bad_settings_fail_before_sampling(tmp_path, override, message):
     cfg = compose_train(tmp_path, [*TINY, override, "logger=none"])
     with pytest.raises(Exception, match=message):
-        train_script.train(cfg)
+        training.train(cfg)
     assert not (tmp_path / "data").exists()  # no Monte Carlo sampling was started
 
 
-def test_a_fresh_run_does_not_overwrite_an_earlier_runs_checkpoints(tmp_path):
-    cfg = compose_train(tmp_path, [*TINY, "logger=none", "trainer.max_epochs=1"])
-    train_script.train(cfg)
-    before = (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes()
-    cfg = compose_train(tmp_path, [*TINY, "logger=none", "trainer.max_epochs=1"])
-    with pytest.raises(FileExistsError, match="already holds checkpoints"):
-        train_script.train(cfg)
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes() == before
+def test_a_fresh_run_does_not_overwrite_an_earlier_run(tmp_path):
+    cfg = compose_train(tmp_path, [*TINY, "logger=csv", "trainer.max_epochs=1"])
+    training.train(cfg)
+    run = tmp_path / "run"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    cfg = compose_train(tmp_path, [*TINY, "logger=csv", "trainer.max_epochs=1", "seed=5"])
+    with pytest.raises(runs.RunDirError, match=r"hydra.run.dir=.*run already holds a run started"):
+        training.train(cfg)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_callbacks_none_runs_with_experiment_settings_for_them(tmp_path):
+    """experiment=smoke sets callbacks.step_checkpoint.* even when callbacks=none switches them off."""
+    cfg = compose_train(tmp_path, [*TINY, "logger=none", "callbacks=none", "trainer.max_epochs=1"])
+    assert "_target_" not in cfg.callbacks.step_checkpoint  # what used to reach the Trainer
+    metrics, objects = training.train(cfg)
+    assert math.isfinite(metrics["mcrg/y_t/nr1_nc3"])
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert (tmp_path / "run" / "mcrg_history.csv").exists()
+
+
+def test_mcrg_none_returns_nothing_to_a_sweeper(tmp_path):
+    overrides = [o for o in TINY if not o.startswith("optimized_metric")]
+    cfg = compose_train(tmp_path, [*overrides, "logger=none", "mcrg=none", "trainer.max_epochs=1"])
+    metrics, _ = training.train(cfg)
+    assert cfg.optimized_metric is None
+    assert training.get_metric_value(metrics, cfg.optimized_metric, cfg.optimized_target) is None
+    assert not (tmp_path / "run" / "mcrg_history.csv").exists()
+
+
+def test_metric_value_for_a_sweeper():
+    metrics = {"mcrg/y_t/nr1_nc7": 0.97, "train/free_energy_gap_epoch": -2.0}
+    assert training.get_metric_value(metrics, "mcrg/y_t/nr1_nc7", 1.0) == pytest.approx(0.03)
+    assert training.get_metric_value(metrics, "mcrg/y_t/nr1_nc7", None) == 0.97
+    assert training.get_metric_value(metrics, None, 1.0) is None
+    assert math.isnan(
+        training.get_metric_value(metrics, "mcrg/y_t/nr2_nc7", 1.0)
+    )  # NaN: not logged
+    with pytest.raises(KeyError, match="optimized_metric=train/nothing was not logged"):
+        training.get_metric_value(metrics, "train/nothing", 1.0)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optimized_metric=mcrg/yt/nr1_nc7"], "optimized_metric=mcrg/yt/nr1_nc7: MCRG logs"),
+        (["optimized_metric=mcrg/y_t/nr3_nc7"], "N_c must be 1..7 and N_r 1..mcrg.n_rg_steps=2"),
+        (["mcrg=none", "optimized_metric=mcrg/y_t/nr1_nc7"], "needs MCRG, which mcrg=none"),
+    ],
+)
+def test_a_sweeper_metric_that_cannot_come_fails_before_sampling(tmp_path, overrides, message):
+    cfg = compose_train(tmp_path, [*TINY, "logger=none", *overrides])
+    with pytest.raises(ValueError, match=message):
+        training.train(cfg)
+    assert not (tmp_path / "data").exists()
