@@ -108,7 +108,7 @@ def test_a_run_directory_from_before_markers_is_refused_and_left_alone(tmp_path)
     directory = tmp_path / "old"
     (directory / "checkpoints").mkdir(parents=True)
     (directory / "checkpoints" / "last.ckpt").write_bytes(b"old run")
-    with pytest.raises(runs.RunDirError, match="resume it with ckpt_path="):
+    with pytest.raises(runs.RunDirError, match="to resume that run in place, add ckpt_path="):
         runs.claim(directory, "hydra.run.dir")
     assert sorted(p.name for p in directory.iterdir()) == ["checkpoints"]  # no marker left behind
 
@@ -182,13 +182,18 @@ def test_a_resume_in_place_writes_its_config_beside_the_first(tmp_path):
     assert cfg.hydra.x == ".hydra"
 
 
-def test_the_default_directories_are_claimed_fresh():
+@pytest.mark.parametrize("config, prefix", [("train", ""), ("evaluate", "/evaluate")])
+def test_the_default_directories_are_claimed_fresh(config, prefix):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", return_hydra_config=True)
+        cfg = compose(config, return_hydra_config=True)
     raw = OmegaConf.to_container(cfg.hydra, resolve=False)
-    assert raw["run"]["dir"].startswith("${rbmrg.new_dir:outputs/${now:")
-    assert raw["sweep"]["dir"].startswith("${rbmrg.new_dir:multirun/${now:")
-    assert raw["callbacks"]["claim_output_dir"]["_target_"] == "rbmrg.runs.ClaimOutputDir"
+    assert raw["run"]["dir"].startswith(f"${{rbmrg.new_dir:outputs{prefix}/${{now:")
+    assert raw["sweep"]["dir"].startswith(f"${{rbmrg.new_dir:multirun{prefix}/${{now:")
+    # Hydra imports the first callback's target (registering the resolvers) before it resolves
+    # the second one's argument, which claims the directory.
+    first, second = raw["callbacks"].values()
+    assert first == {"_target_": "rbmrg.runs.RegisterResolvers"}
+    assert second["_target_"] == "rbmrg.runs.ClaimOutputDir"
 
 
 # -------------------------------------------------------------------------------------------------
@@ -272,3 +277,28 @@ def test_a_rerun_into_a_named_directory_is_refused_before_anything_is_written(tm
     assert again.returncode != 0
     assert f"hydra.run.dir={directory} already holds a run started" in stderr
     assert snapshot(directory) == before  # .hydra/, history, figures: byte-identical
+
+
+def test_evaluate_refuses_a_named_directory_that_holds_results(tmp_path):
+    directory = tmp_path / "table1"
+    settings = [
+        "transform=majority",
+        "data.L=8",
+        "data.n_chains=20",
+        "data.n_thermalize=20",
+        "mcrg.n_samples=2000",
+        "mcrg.n_rg_steps=1",
+        "progress=false",
+        f"hydra.run.dir={directory}",
+    ]
+    command = [sys.executable, str(ROOT / "evaluate.py"), *settings]
+    done = subprocess.run(command, cwd=tmp_path, env=env(tmp_path), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    before = snapshot(directory)
+    assert {".hydra/config.yaml", "mcrg.json", "table1.md"} <= set(before)
+    again = subprocess.run(
+        [*command, "mcrg.seed=7"], cwd=tmp_path, env=env(tmp_path), capture_output=True, text=True
+    )
+    assert again.returncode != 0
+    assert f"hydra.run.dir={directory} already holds a run started" in again.stderr
+    assert snapshot(directory) == before

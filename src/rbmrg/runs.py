@@ -184,14 +184,14 @@ def claim(
         os.close(fd)
         marker.unlink()
     if not is_inside(resume_from, path):
-        hint = (
-            f"resume it with ckpt_path={path}/checkpoints/last.ckpt"
+        resume = (
+            f"; to resume that run in place, add ckpt_path={path}/checkpoints/last.ckpt"
             if (path / "checkpoints").is_dir()
-            else "it is kept as it is"
+            else ""
         )
         raise RunDirError(
-            f"{setting}={directory} already holds {describe(path)}: choose another directory "
-            f"(or leave {setting} at its default, a new timestamped one); {hint}"
+            f"{setting}={directory} already holds {describe(path)}, which is left as it is: "
+            f"choose another directory, or leave {setting} at its default (a new one){resume}"
         )
     fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o644)
     if not _lock(fd):
@@ -238,6 +238,18 @@ def is_resumed(directory: str | os.PathLike) -> bool:
     """Whether this process holds ``directory`` to resume the run in it."""
     held = _claims.get(_key(directory))
     return held is not None and held.resumed
+
+
+class RegisterResolvers(Callback):
+    """Hydra callback that only imports this module, registering its ``${rbmrg.*}`` resolvers.
+
+    Listed first under ``hydra.callbacks``, it makes a config self-sufficient: Hydra imports a
+    callback's target before it resolves the next callback's arguments or ``hydra.run.dir``, so the
+    entry point need not import :mod:`rbmrg.runs` itself.
+    """
+
+    def __init__(self) -> None:
+        register_resolvers()
 
 
 class ClaimOutputDir(Callback):
