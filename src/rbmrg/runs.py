@@ -23,6 +23,10 @@ Three ways in, all in this module:
 * :func:`hold_output_dir`, the first call of a task (train, evaluate): takes over the claim made for it
   by the callback, or claims a sweep job's directory (inside the sweep's own claimed directory).
 
+:class:`RegisterResolvers`, listed first under ``hydra.callbacks``, imports this module before Hydra
+resolves any of the above, so ``conf/train.yaml`` and ``conf/evaluate.yaml`` work whatever their entry
+point imports.
+
 ``flock`` locks are released by the kernel when a process dies, also by ``kill -9``, so a killed run can
 be resumed at once; on NFS they work where the server supports locks (NFSv4).
 """
