@@ -18,7 +18,12 @@ import torch
 from rbmrg.lattice.model import IsingModel
 from rbmrg.lattice.samplers import available_algorithms
 from rbmrg.lattice.sampling import iterate_samples
-from rbmrg.rg.couplings import CouplingAccumulator, check_levels, solve_couplings
+from rbmrg.rg.couplings import (
+    CouplingAccumulator,
+    check_levels,
+    coupling_response,
+    solve_couplings,
+)
 from rbmrg.rg.interactions import (
     CHAIN_NN,
     CHAIN_NNN,
@@ -82,9 +87,10 @@ def test_site_sums_refuse_interactions_that_do_not_fit():
 # The solver, exactly
 
 
-def exact_histogram(couplings, interactions, L=4):
-    """Boltzmann-weighted environment histogram of every configuration of an L x L lattice:
-    the s vectors and the expected number of sites N(s) and sum of sigma_i M(s) per configuration."""
+def exact_histogram(couplings, interactions, L=4, perturbation=None):
+    """Boltzmann-weighted environment histogram of every configuration of an L x L lattice: the s
+    vectors, the expected number of sites N(s) and sum of sigma_i M(s) per configuration, and, for
+    ``perturbation`` (an interaction O), the O-weighted sums and <O> that a response needs."""
     configs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=L * L))).view(-1, L, L)
     energy = measure(configs, interactions).numpy() @ np.asarray(couplings)
     weight = np.exp(energy - energy.max())
@@ -94,9 +100,20 @@ def exact_histogram(couplings, interactions, L=4):
     site_weight = np.repeat(weight, L * L)
     sigma = configs.numpy().reshape(-1)
     keys, inverse = np.unique(s, axis=0, return_inverse=True)
-    count = np.bincount(inverse.ravel(), site_weight)
-    spin = np.bincount(inverse.ravel(), site_weight * sigma)
-    return keys, count, spin
+    inverse = inverse.ravel()
+    count = np.bincount(inverse, site_weight)
+    spin = np.bincount(inverse, site_weight * sigma)
+    if perturbation is None:
+        return keys, count, spin
+    values = measure(configs, (perturbation,)).numpy()[:, 0]
+    site_o = np.repeat(values, L * L) * site_weight
+    histogram = {
+        "count": count,
+        "spin": spin,
+        "count_o": np.bincount(inverse, site_o),
+        "spin_o": np.bincount(inverse, site_o * sigma),
+    }
+    return keys, histogram, float(weight @ values)
 
 
 def test_solver_recovers_the_couplings_of_an_enumerated_lattice():
@@ -108,6 +125,27 @@ def test_solver_recovers_the_couplings_of_an_enumerated_lattice():
     # Dropping an interaction that is present gives a different (projected) answer, not K.
     projected = solve_couplings(s[:, :2], count, spin)
     assert np.isfinite(projected).all() and abs(projected[1] + 0.1) > 1e-3
+
+
+@pytest.mark.parametrize("perturbation", ["nn", "magnetization", "plaquette"])
+def test_response_to_a_term_of_the_hamiltonian_is_exact(perturbation):
+    """H + h O with O one of the interactions: dK/dh is the unit vector of O, exactly (4 x 4
+    enumeration, an even and an odd coupling together, the odd one at zero)."""
+    interactions = (
+        EVEN_CANDIDATES["nn"],
+        EVEN_CANDIDATES["diag"],
+        EVEN_CANDIDATES["plaquette"],
+        ODD_CANDIDATES["magnetization"],
+    )
+    couplings = np.array([0.3, -0.1, 0.05, 0.0])
+    names = [i.name for i in interactions]
+    target = interactions[names.index(perturbation)]
+    s, sums, mean = exact_histogram(couplings, interactions, perturbation=target)
+    solved = solve_couplings(s, sums["count"], sums["spin"])
+    np.testing.assert_allclose(solved, couplings, atol=1e-10)
+    expected = np.zeros(4)
+    expected[names.index(perturbation)] = 1.0
+    np.testing.assert_allclose(coupling_response(s, sums, mean, solved), expected, atol=1e-9)
 
 
 def test_solver_reports_runaway_couplings_as_nan():
@@ -135,15 +173,34 @@ def test_histogram_does_not_depend_on_batching():
     for start in range(0, 60, 7):
         parts.update([level[start : start + 7] for level in levels], blocks[start : start + 7])
     for level in range(2):
-        for a, b in zip(whole.environments(level), parts.environments(level), strict=True):
-            np.testing.assert_array_equal(a, b)
-    s, count, spin = whole.environments(0)
-    assert count.sum() == 60 * 64 and spin.sum() == spins.sum().item()
+        s_whole, sums_whole = whole.environments(level)
+        s_parts, sums_parts = parts.environments(level)
+        np.testing.assert_array_equal(s_whole, s_parts)
+        for key in ("count", "spin"):
+            np.testing.assert_array_equal(sums_whole[key], sums_parts[key])
+    s, sums = whole.environments(0)
+    assert sums["count"].sum() == 60 * 64 and sums["spin"].sum() == spins.sum().item()
     # The environment vectors decode to the site sums that were counted.
     direct = site_sums(spins, interactions).permute(0, 2, 3, 1).reshape(-1, 3).numpy()
     np.testing.assert_array_equal(np.unique(direct, axis=0), np.unique(s, axis=0))
     assert len(s) == len(np.unique(s, axis=0))
     np.testing.assert_array_equal(whole.result().couplings, parts.result().couplings)
+
+
+def test_a_truncation_is_the_marginal_histogram():
+    """result(names) from a larger accumulator equals an accumulator of just those interactions."""
+    spins = random_spins((40, 8, 8), seed=5)
+    blocks = torch.arange(40) % 20
+    big = CouplingAccumulator(EVEN_ALL[:5], 1, 20)
+    small = CouplingAccumulator((EVEN_CANDIDATES["third"], EVEN_CANDIDATES["nn"]), 1, 20)
+    big.update([spins], blocks)
+    small.update([spins], blocks)
+    truncated, direct = big.result(["third", "nn"]), small.result()
+    assert truncated.names == direct.names == ["third", "nn"]
+    np.testing.assert_allclose(truncated.couplings, direct.couplings, rtol=1e-10)
+    np.testing.assert_allclose(truncated.errors, direct.errors, rtol=1e-8)
+    with pytest.raises(ValueError, match=r"\['sixth'\] not among"):
+        big.result(["nn", "sixth"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,6 +249,35 @@ def test_chain_decimation_follows_the_exact_flow():
     assert np.all(error > 0) and np.all(error < 0.02), error
     assert np.all(np.abs(value[:, 0] - exact) < 4 * error[:, 0]), (value, error, exact)
     assert np.all(np.abs(value[:, 1]) < 4 * error[:, 1]), (value, error)
+
+
+def test_chain_decimation_response_is_the_derivative_of_the_flow():
+    """dK^(n)/dK^(0) by reweighting with O = S_nn of level 0: d/dK atanh(tanh^(2^n) K), i.e.
+    2t/(1+t^2) after one step (the exact MCRG eigenvalue) and 4t^3(1-t^2)/(1-t^8) after two."""
+    coupling, n_chains, n_blocks = 0.8, 200, 20
+    model = IsingModel(L=64, coupling=coupling, dim=1)
+    acc = CouplingAccumulator(CHAIN_NN + CHAIN_NNN, 3, n_blocks, response=True)
+    blocks = chain_blocks(n_chains, n_blocks)
+    for spins in iterate_samples(
+        model,
+        20_000,
+        algorithm=ALGORITHM,
+        n_chains=n_chains,
+        n_thermalize=100,
+        n_between=2,
+        seed=12,
+    ):
+        levels = iterate(spins, [decimation(2)], 2)
+        acc.update(levels, blocks, perturbation=measure(spins, CHAIN_NN)[:, 0])
+    result = acc.result()
+    t = math.tanh(coupling)
+    exact = [1.0, 2 * t / (1 + t**2), 4 * t**3 * (1 - t**2) / (1 - t**8)]
+    value, error = result.response, result.response_errors
+    assert np.all(error[1:] > 0) and np.all(error < 0.05), error
+    assert np.all(np.abs(value[:, 0] - exact) < 4 * error[:, 0] + 1e-9), (value, error, exact)
+    assert np.all(np.abs(value[:, 1]) < 4 * error[:, 1] + 1e-9), (value, error)
+    with pytest.raises(ValueError, match="perturbation values are needed"):
+        acc.update(levels, blocks)
 
 
 @pytest.mark.slow

@@ -75,30 +75,38 @@ class CouplingResult:
     n_environments: list[int] = field(default_factory=list)
     #: Leave-one-block-out solutions, (n_blocks, n_levels, n_interactions).
     jackknife: np.ndarray | None = None
+    #: dK^(n)_alpha / dh for a perturbation h O of level 0 (``response=True``), with errors.
+    response: np.ndarray | None = None
+    response_errors: np.ndarray | None = None
 
 
 class _Histogram:
-    """Per-block counts N(s) and spin sums M(s) of the distinct environment codes of one level."""
+    """Per-block sums over the sites of each distinct environment code of one level.
 
-    def __init__(self, n_blocks: int):
+    Channels: ``count`` N(s) and ``spin`` M(s) (exact integers), and, for a response, ``count_o``
+    and ``spin_o``: the same sums with each site weighted by the perturbation O of its configuration.
+    """
+
+    def __init__(self, n_blocks: int, channels: Sequence[str]):
         self.n_blocks = n_blocks
         self.codes = np.empty(0, dtype=np.int64)  # sorted
-        self.count = np.zeros((n_blocks, 0), dtype=np.int64)
-        self.spin = np.zeros((n_blocks, 0), dtype=np.int64)
+        self.sums = {name: np.zeros((n_blocks, 0)) for name in channels}
 
-    def add(self, codes: np.ndarray, blocks: np.ndarray, counts: np.ndarray, spins: np.ndarray):
-        new = np.setdiff1d(codes, self.codes, assume_unique=False)
+    def add(self, codes: np.ndarray, blocks: np.ndarray, **values: np.ndarray) -> None:
+        new = np.setdiff1d(codes, self.codes)
         if new.size:
             merged = np.union1d(self.codes, new)
             where = np.searchsorted(merged, self.codes)
-            count = np.zeros((self.n_blocks, merged.size), dtype=np.int64)
-            spin = np.zeros_like(count)
-            count[:, where], spin[:, where] = self.count, self.spin
-            self.codes, self.count, self.spin = merged, count, spin
+            for name, old in self.sums.items():
+                grown = np.zeros((self.n_blocks, merged.size))
+                grown[:, where] = old
+                self.sums[name] = grown
+            self.codes = merged
         flat = blocks * self.codes.size + np.searchsorted(self.codes, codes)
         size = self.n_blocks * self.codes.size
-        self.count += np.bincount(flat, counts, size).astype(np.int64).reshape(self.count.shape)
-        self.spin += np.bincount(flat, spins, size).astype(np.int64).reshape(self.spin.shape)
+        for name, value in values.items():
+            # float64 sums of integer counts stay exact below 2^53 sites.
+            self.sums[name] += np.bincount(flat, value, size).reshape(self.n_blocks, -1)
 
 
 class CouplingAccumulator:
@@ -108,9 +116,19 @@ class CouplingAccumulator:
         interactions: the truncated Hamiltonian's interactions, in the order of the output.
         n_levels: number of lattice levels, N_r + 1.
         n_blocks: jackknife blocks (>= 2; use >= 20), each a group of whole independent chains.
+        response: also accumulate what :meth:`result` needs for dK^(n)/dh, the linear response of
+            every level's couplings to a perturbation h O of the level-0 Hamiltonian; O (one value
+            per configuration, e.g. the magnetization M or S_nn of level 0) is given to
+            :meth:`update`. Reweighting by e^{h O} to first order in h: no extra sampling.
     """
 
-    def __init__(self, interactions: Sequence[Interaction], n_levels: int, n_blocks: int):
+    def __init__(
+        self,
+        interactions: Sequence[Interaction],
+        n_levels: int,
+        n_blocks: int,
+        response: bool = False,
+    ):
         if n_levels < 1:
             raise ValueError(f"n_levels={n_levels}: need at least one level")
         if n_blocks < 2:
@@ -120,6 +138,7 @@ class CouplingAccumulator:
         self.interactions = tuple(interactions)
         self.n_levels = n_levels
         self.n_blocks = n_blocks
+        self.response = response
         # Environment code: mixed radix over the digits (S_alpha,i + c_alpha) / 2 in [0, c_alpha].
         radices = [i.coordination + 1 for i in self.interactions]
         if math.prod(radices) * n_blocks * 2 >= 2**53:
@@ -129,14 +148,29 @@ class CouplingAccumulator:
         self.offsets = [float(i.coordination) for i in self.interactions]
         self.strides = np.cumprod([1] + radices[:-1]).astype(np.int64)
         self.radices = np.array(radices, dtype=np.int64)
-        self.histograms = [_Histogram(n_blocks) for _ in range(n_levels)]
+        channels = ("count", "spin", "count_o", "spin_o") if response else ("count", "spin")
+        self.histograms = [_Histogram(n_blocks, channels) for _ in range(n_levels)]
         self.lattice_sizes: list[int] | None = None
         self.n_samples = 0
+        # Per block: configurations and the sum of the perturbation O over them.
+        self.configurations = np.zeros(n_blocks)
+        self.perturbation = np.zeros(n_blocks)
 
-    def update(self, levels: list[torch.Tensor], blocks: torch.Tensor | int) -> None:
-        """Add one batch: ``levels[n]`` is (batch, L_n, ..., L_n), ``blocks`` the block of each row."""
+    def update(
+        self,
+        levels: list[torch.Tensor],
+        blocks: torch.Tensor | int,
+        perturbation: torch.Tensor | None = None,
+    ) -> None:
+        """Add one batch: ``levels[n]`` is (batch, L_n, ..., L_n), ``blocks`` the block of each row,
+        ``perturbation`` the value of O on each configuration (needed with ``response=True``)."""
         if len(levels) != self.n_levels:
             raise ValueError(f"got {len(levels)} levels, the accumulator has {self.n_levels}")
+        if self.response != (perturbation is not None):
+            raise ValueError(
+                "perturbation values are needed with response=True and only then "
+                f"(response={self.response})"
+            )
         sizes = [int(level.shape[-1]) for level in levels]
         if self.lattice_sizes is None:
             check_levels(self.interactions, sizes)
@@ -147,51 +181,98 @@ class CouplingAccumulator:
         blocks = blocks.to("cpu", torch.long)
         if int(blocks.min()) < 0 or int(blocks.max()) >= self.n_blocks:
             raise ValueError(f"block indices must lie in [0, {self.n_blocks})")
+        self.configurations += np.bincount(blocks.numpy(), minlength=self.n_blocks)
+        if perturbation is not None:
+            perturbation = perturbation.to("cpu", torch.float64).reshape(batch)
+            self.perturbation += np.bincount(
+                blocks.numpy(), perturbation.numpy(), minlength=self.n_blocks
+            )
         for level, histogram in zip(levels, self.histograms, strict=True):
             spins = level.to(torch.float32)
+            shape = (-1, *[1] * (spins.ndim - 1))
             sums = site_sums(spins, self.interactions)  # (batch, n, L, ..., L)
             # key = (code * n_blocks + block) * 2 + (sigma_i + 1) / 2, with the environment code
             # sum_alpha (S_alpha,i + c_alpha) / 2 * stride_alpha: integers below 2^53 (checked in
             # __init__), exact in float64. Counting keys counts sites per (code, block, sigma_i).
             keys = (spins + 1).to(torch.float64) / 2
-            keys += 2 * blocks.view(-1, *[1] * (spins.ndim - 1)).to(torch.float64)
+            keys += 2 * blocks.view(shape).to(torch.float64)
             for alpha in range(len(self.interactions)):
                 scale = float(self.strides[alpha]) * self.n_blocks
                 keys += (sums[:, alpha].to(torch.float64) + self.offsets[alpha]) * scale
-            unique, counts = torch.unique(keys.flatten().to(torch.int64), return_counts=True)
-            unique, counts = unique.cpu().numpy(), counts.cpu().numpy().astype(np.float64)
-            up = unique % 2 == 1
-            histogram.add(
-                unique // (2 * self.n_blocks),
-                (unique // 2) % self.n_blocks,
-                counts,
-                np.where(up, counts, -counts),
-            )
+            keys = keys.flatten().to(torch.int64)
+            values = {}
+            if perturbation is None:
+                unique, counts = torch.unique(keys, return_counts=True)
+            else:
+                unique, inverse, counts = torch.unique(
+                    keys, return_inverse=True, return_counts=True
+                )
+                weighted = torch.zeros(unique.shape[0], dtype=torch.float64)
+                site_weights = perturbation.view(shape).expand(spins.shape).flatten()
+                weighted.index_add_(0, inverse, site_weights)
+                values["count_o"] = weighted.numpy()
+            unique, counts = unique.numpy(), counts.numpy().astype(np.float64)
+            sign = np.where(unique % 2 == 1, 1.0, -1.0)
+            values["count"], values["spin"] = counts, sign * counts
+            if perturbation is not None:
+                values["spin_o"] = sign * values["count_o"]
+            histogram.add(unique // (2 * self.n_blocks), (unique // 2) % self.n_blocks, **values)
         self.n_samples += batch
 
-    def environments(self, level: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(s, N, M) of ``level``: the distinct environment vectors (D, n) and their per-block
-        site counts and spin sums (n_blocks, D)."""
+    def environments(self, level: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(s, sums) of ``level``: the distinct environment vectors s (D, n) and, per channel
+        (``count`` N, ``spin`` M, and ``count_o``, ``spin_o`` for a response), per-block sums
+        of shape (n_blocks, D)."""
         histogram = self.histograms[level]
         digits = (histogram.codes[:, None] // self.strides[None, :]) % self.radices[None, :]
         coordination = self.radices - 1
-        return (2 * digits - coordination).astype(np.float64), histogram.count, histogram.spin
+        return (2 * digits - coordination).astype(np.float64), histogram.sums
 
-    def result(self) -> CouplingResult:
-        """Couplings of every level with jackknife errors (NaN, with a warning, where Newton fails)."""
+    def result(self, names: Sequence[str] | None = None) -> CouplingResult:
+        """Couplings of every level with jackknife errors (NaN, with a warning, where Newton fails).
+
+        ``names`` solves the truncated Hamiltonian of a subset of the accumulated interactions, in
+        that order: its environment histogram is the accumulated one summed over the left-out
+        components (exact), so one pass serves every truncation. With ``response=True`` the result
+        also holds dK^(n)/dh (:func:`coupling_response`).
+        """
         if self.n_samples == 0:
             raise RuntimeError("no samples accumulated")
-        n_int = len(self.interactions)
-        full = np.full((self.n_levels, n_int), np.nan)
-        jack = np.full((self.n_blocks, self.n_levels, n_int), np.nan)
+        all_names = [i.name for i in self.interactions]
+        names = all_names if names is None else list(names)
+        missing = [name for name in names if name not in all_names]
+        if missing or not names:
+            raise ValueError(f"couplings: {missing or names} not among the accumulated {all_names}")
+        columns = [all_names.index(name) for name in names]
+        shape = (self.n_levels, len(names))
+        full, response = np.full(shape, np.nan), np.full(shape, np.nan)
+        jack = np.full((self.n_blocks, *shape), np.nan)
+        jack_response = np.full((self.n_blocks, *shape), np.nan)
         failed = []
         for level in range(self.n_levels):
-            s, count, spin = self.environments(level)
-            total_n, total_m = count.sum(0), spin.sum(0)
-            full[level] = solve_couplings(s, total_n, total_m)
+            s, sums = self.environments(level)
+            if columns != list(range(len(all_names))):
+                s, inverse = np.unique(s[:, columns], axis=0, return_inverse=True)
+                inverse = inverse.ravel()
+                sums = {
+                    key: np.stack([np.bincount(inverse, row, len(s)) for row in value])
+                    for key, value in sums.items()
+                }
+            totals = {key: value.sum(0) for key, value in sums.items()}
+            full[level] = solve_couplings(s, totals["count"], totals["spin"])
+            if self.response:
+                response[level] = coupling_response(
+                    s, totals, self.perturbation.sum() / self.configurations.sum(), full[level]
+                )
             start = full[level] if np.isfinite(full[level]).all() else None
             for j in range(self.n_blocks):
-                jack[j, level] = solve_couplings(s, total_n - count[j], total_m - spin[j], start)
+                kept = {key: totals[key] - sums[key][j] for key in sums}
+                jack[j, level] = solve_couplings(s, kept["count"], kept["spin"], start)
+                if self.response:
+                    mean = (self.perturbation.sum() - self.perturbation[j]) / (
+                        self.configurations.sum() - self.configurations[j]
+                    )
+                    jack_response[j, level] = coupling_response(s, kept, mean, jack[j, level])
             if not np.isfinite(full[level]).all():
                 failed.append(level)
         if failed:
@@ -201,16 +282,43 @@ class CouplingAccumulator:
                 stacklevel=2,
             )
         n = self.n_blocks
-        err = np.sqrt((n - 1) / n * ((jack - jack.mean(0)) ** 2).sum(0))
+
+        def spread(samples: np.ndarray) -> np.ndarray:
+            return np.sqrt((n - 1) / n * ((samples - samples.mean(0)) ** 2).sum(0))
+
         return CouplingResult(
             couplings=full,
-            errors=err,
-            names=[i.name for i in self.interactions],
+            errors=spread(jack),
+            names=names,
             lattice_sizes=list(self.lattice_sizes or []),
             n_samples=self.n_samples,
             n_environments=[h.codes.size for h in self.histograms],
             jackknife=jack,
+            response=response if self.response else None,
+            response_errors=spread(jack_response) if self.response else None,
         )
+
+
+def coupling_response(
+    s: np.ndarray, sums: dict[str, np.ndarray], mean_perturbation: float, couplings: np.ndarray
+) -> np.ndarray:
+    """dK/dh at h = 0 for the weight e^{H + h O}: differentiate F(K(h), h) = 0.
+
+    Reweighting by e^{h O} changes each environment sum X(s) (N or M) by h [X_O(s) - <O> X(s)] to
+    first order, X_O the O-weighted sum; so dF/dh = sum_s s [M'(s) - N'(s) tanh(K . s)] / N_tot and
+    dK/dh = -J^-1 dF/dh with the Jacobian J of the module docstring.
+    """
+    count, spin = sums["count"], sums["spin"]
+    total = count.sum()
+    count_d = sums["count_o"] - mean_perturbation * count
+    spin_d = sums["spin_o"] - mean_perturbation * spin
+    tanh = np.tanh(s @ couplings)
+    gradient_h = s.T @ (spin_d - count_d * tanh) / total
+    jacobian = -(s * (count * (1 - tanh**2))[:, None]).T @ s / total
+    try:
+        return -np.linalg.solve(jacobian, gradient_h)
+    except np.linalg.LinAlgError:
+        return np.full(s.shape[1], np.nan)
 
 
 def solve_couplings(
@@ -249,7 +357,9 @@ def solve_couplings(
         while True:
             trial = couplings + scale * step
             trial_value = objective(trial)
-            if trial_value >= value - 1e-15 * abs(value) or scale < 1e-6:
+            # Backtrack only on a real decrease: near the solution Phi changes by less than its
+            # rounding error, and the full Newton step is what converges.
+            if trial_value >= value - 1e-12 * (1 + abs(value)) or scale < 1e-6:
                 break
             scale /= 2
         couplings, value = trial, trial_value
