@@ -143,6 +143,22 @@ def test_resume_in_place_only_when_no_process_writes_there(tmp_path):
         runs.claim(directory, "hydra.run.dir", resume_from=tmp_path / "elsewhere.ckpt")
 
 
+def test_the_other_processes_of_a_ddp_run_work_in_rank_0s_directory(tmp_path, monkeypatch):
+    """Lightning restarts train.py with LOCAL_RANK=1, ... and rank 0's hydra.run.dir."""
+    directory = tmp_path / "run"
+    rank0 = runs.hold_output_dir(directory)  # held by a running rank 0
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    worker = runs.hold_output_dir(directory)
+    assert worker.fd is None and worker.path == rank0.path
+    runs.release(worker)
+    assert runs.claim_new(str(tmp_path / "new")) == str(tmp_path / "new")  # no claim, no marker
+    assert not (tmp_path / "new" / runs.MARKER).exists()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(runs.RunDirError):  # the same process as a rank 0 elsewhere: refused
+        runs.hold_output_dir(directory)
+    runs.release(rank0)
+
+
 def test_the_task_takes_over_the_claim_made_for_it_once(tmp_path):
     directory = runs.claim_new(str(tmp_path / "run"))
     claim = runs.hold_output_dir(directory)

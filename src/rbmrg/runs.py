@@ -29,6 +29,10 @@ point imports.
 
 ``flock`` locks are released by the kernel when a process dies, also by ``kill -9``, so a killed run can
 be resumed at once; on NFS they work where the server supports locks (NFSv4).
+
+The extra processes of one data-parallel run (``trainer=ddp``: Lightning restarts ``train.py`` with
+``LOCAL_RANK=1, 2, ...`` and rank 0's ``hydra.run.dir``; ``srun`` and ``torchrun`` set ``SLURM_PROCID``
+or ``RANK``) claim nothing: they work in rank 0's directory, which rank 0 holds.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class Claim:
     """A directory this process holds: the open, locked marker and what the claim was for."""
 
     path: Path
-    fd: int
+    fd: int | None  # None: a data-parallel worker's share of rank 0's claim (no lock of its own)
     resumed: bool
     taken: bool = False  # handed to a task by hold_output_dir
     config_subdir: str | None = None  # where Hydra writes this start's config (see below)
@@ -117,7 +121,16 @@ def is_inside(path: str | os.PathLike | None, directory: str | os.PathLike) -> b
     return _key(path).startswith(_key(directory) + os.sep)
 
 
-def _register(path: Path, fd: int, resumed: bool) -> Claim:
+def is_parallel_worker() -> bool:
+    """Whether this process is a rank > 0 of a data-parallel launch (see the module docstring)."""
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        value = os.environ.get(name, "0")
+        if value.isdigit() and int(value) > 0:
+            return True
+    return False
+
+
+def _register(path: Path, fd: int | None, resumed: bool) -> Claim:
     claim = Claim(path=Path(_key(path)), fd=fd, resumed=resumed)
     _claims[_key(path)] = claim
     return claim
@@ -133,6 +146,9 @@ def claim_new(base: str) -> str:
     earlier = _new_dirs.get(base)
     if earlier is not None and _key(earlier) in _claims:
         return earlier
+    if is_parallel_worker():  # rank 0 claims; its hydra.run.dir normally reaches us by override
+        Path(base).mkdir(parents=True, exist_ok=True)
+        return base
     for n in range(100_000):
         candidate = Path(base if n == 0 else f"{base}-{n}")
         candidate.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +184,8 @@ def claim(
         return held  # claimed by ${rbmrg.new_dir:...} or the callback earlier in this invocation
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
+    if is_parallel_worker():  # rank 0 of this run holds the directory
+        return _register(path, None, resumed=is_inside(resume_from, path))
     marker = path / MARKER
     try:
         fd = os.open(marker, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -232,10 +250,8 @@ def release(claim_: Claim) -> None:
     """Give up the lock on a claimed directory (the marker stays: the directory remains taken)."""
     if _claims.get(str(claim_.path)) is claim_:
         del _claims[str(claim_.path)]
-    try:
+    if claim_.fd is not None:
         os.close(claim_.fd)
-    except OSError:
-        pass
 
 
 def is_resumed(directory: str | os.PathLike) -> bool:
