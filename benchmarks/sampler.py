@@ -1,8 +1,9 @@
-"""Sampler benchmark at L = 32, K_c: spin updates per second and decorrelated samples per second.
+"""Sampler benchmark at L = 32 (or --L), K_c: spin updates/s and decorrelated samples per second.
 
     python benchmarks/sampler.py                  # all algorithms, CPU (+ CUDA: fused and torch)
     python benchmarks/sampler.py --threads 1      # on a shared machine
     python benchmarks/sampler.py --samples 1000000  # also time the full Table-1-sized draw
+    python benchmarks/sampler.py --L 128 --algorithms wolff --samples 0  # CPU side of the L=128 GPU target
 
 For each algorithm it measures, in one run:
 
@@ -34,7 +35,7 @@ import torch
 from common import cpu_model
 
 from rbmrg.lattice.model import IsingModel
-from rbmrg.lattice.samplers import make_sampler
+from rbmrg.lattice.samplers import DYNAMIC_EXPONENT, default_spacing, make_sampler
 from rbmrg.lattice.sampling import autocorrelation_time, draw_samples
 
 RESULTS = Path(__file__).parent / "results" / "sampler.jsonl"
@@ -65,14 +66,14 @@ def sweep_rate(model, algorithm, device, n_chains, seconds) -> tuple[float, dict
     return n_chains * sweeps / elapsed, sampler.details
 
 
-def autocorrelation(model, algorithm, device, n_chains, per_chain, n_between):
+def autocorrelation(model, algorithm, device, n_chains, per_chain, n_between, n_thermalize):
     """tau_int (in sweeps) of the energy and of |m| with Madras-Sokal errors."""
     samples = draw_samples(
         model,
         n_chains * per_chain,
         algorithm=algorithm,
         n_chains=n_chains,
-        n_thermalize=2000 if algorithm != "wolff" else 200,
+        n_thermalize=n_thermalize,
         n_between=n_between,
         seed=1,
         device=device,
@@ -88,12 +89,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="timing per throughput figure")
     parser.add_argument("--samples", type=int, default=100_000, help="configurations to draw")
     parser.add_argument("--algorithms", nargs="*", default=None, help="subset to run")
+    parser.add_argument(
+        "--L",
+        type=int,
+        default=32,
+        help="lattice size; away from 32, sweeps between samples scale as (L/32)^z and "
+        "thermalization follows rbmrg.lattice.samplers.default_spacing",
+    )
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
     torch.set_num_threads(
         args.threads
     )  # the numba kernels also take its numba thread count from here
-    model = IsingModel(L=32)
+    model = IsingModel(L=args.L)
     machine = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -124,17 +132,22 @@ def main() -> None:
         cases = [case for case in cases if case[0] in args.algorithms]
     baseline = {}
     for algorithm, n_chains, (tau_chains, tau_per_chain, tau_between), device in cases:
+        if args.L == 32:  # the settings of the records so far
+            tau_thermalize, n_thermalize = (200, 100) if algorithm == "wolff" else (2000, 1000)
+        else:  # sweeps between samples follow tau ~ L^z; thermalization default_spacing's rule
+            tau_between = max(1, round(tau_between * (args.L / 32) ** DYNAMIC_EXPONENT[algorithm]))
+            tau_thermalize = n_thermalize = default_spacing(algorithm, args.L)[0]
         rate, details = sweep_rate(model, algorithm, device, n_chains, args.seconds)
         tau_e, err_e, tau_m, err_m = autocorrelation(
-            model, algorithm, device, tau_chains, tau_per_chain, tau_between
+            model, algorithm, device, tau_chains, tau_per_chain, tau_between, tau_thermalize
         )
         n_between = math.ceil(2 * tau_m)
-        n_thermalize = 100 if algorithm == "wolff" else 1000
         n_draw = args.samples - args.samples % 1000
         # Sampling alone, from the sweep rate: what a draw of n_draw spaced by n_between costs.
         draw_projected_s = (n_draw * n_between + 1000 * n_thermalize) / rate
         draw_s = float("nan")
-        if algorithm in ("metropolis-msc", "wolff", "metropolis-fused"):  # eager: many minutes
+        # (eager samplers: many minutes; --samples 0 skips the draw)
+        if n_draw and algorithm in ("metropolis-msc", "wolff", "metropolis-fused"):
             start = time.perf_counter()
             draw_samples(
                 model,

@@ -403,8 +403,10 @@ def test_default_spacing_follows_measured_tau_int():
     # Metropolis: tau_int(|m|) = 36.9(1.1) sweeps at L = 32 -> 2 (36.9 + 2.2) = 78.2 -> 79 sweeps.
     assert default_spacing("metropolis-fused", 32) == (978, 79)
     assert default_spacing("metropolis-msc", 32) == (978, 79)
-    # The data module's Wolff default (n_between = 4) is what the rule gives at L = 32.
+    # The data module's Wolff default (n_between = 4) is what the rule gives at L = 32; its hot
+    # start needs 200 (L / 32)^2 sweeps (docs/sampler.md).
     assert default_spacing("wolff", 32) == (200, 4)
+    assert default_spacing("wolff", 128) == (3200, 5)
     # Local updates slow down as L^2.17.
     n_thermalize, n_between = default_spacing("metropolis-fused", 128)
     assert n_between == math.ceil(78.2 * 4**2.17)

@@ -146,6 +146,11 @@ DYNAMIC_EXPONENT = {
 #: Thermalization from a hot start, in units of tau_int(|m|), and its floor in sweeps.
 THERMALIZE_TAUS = 25
 MIN_THERMALIZE = 200
+#: Wolff from a hot start: its sweeps are a fixed number of clusters sized for equilibrium, but the
+#: first clusters of a random configuration have a few sites, so reaching equilibrium takes ~50,
+#: ~200 and ~500 sweeps at L = 32, 64, 128 (energy and |m| of 64 chains, docs/sampler.md). Rule:
+#: 200 (L / 32)^2 sweeps, 4-6 times what was measured.
+WOLFF_HOT_START = (200, 2.0)
 
 
 def default_spacing(algorithm: str, L: int, dim: int = 2) -> tuple[int, int]:
@@ -154,9 +159,10 @@ def default_spacing(algorithm: str, L: int, dim: int = 2) -> tuple[int, int]:
     tau(L) = (tau_32 + 2 sigma) (L / 32)^z from :data:`TAU_ABS_M_L32` and :data:`DYNAMIC_EXPONENT`
     (the measured time at L = 32 plus two standard errors, scaled with the dynamic exponent);
     ``n_between = ceil(2 tau(L))`` keeps configurations 2 tau_int(|m|) apart, so they are
-    effectively independent, and ``n_thermalize = max(MIN_THERMALIZE, ceil(THERMALIZE_TAUS tau))``.
+    effectively independent, and ``n_thermalize = max(MIN_THERMALIZE, ceil(THERMALIZE_TAUS tau))``,
+    for Wolff at least ``200 (L/32)^2`` (:data:`WOLFF_HOT_START`: its hot start is slow).
     At L = 32: n_between = 79 and n_thermalize = 978-980 for the Metropolis samplers, 4 and 200
-    for Wolff. Only 2D times are measured: other dimensions raise a ValueError (pass the spacing
+    for Wolff; at L = 128 Wolff gets (3200, 5). Only 2D times are measured: other dimensions raise a ValueError (pass the spacing
     yourself). Check the result: ``SampleSet.tau_int_abs_magnetization``, in units of
     ``n_between``, should come out near 1/2 (the data module warns above 1).
     """
@@ -172,4 +178,7 @@ def default_spacing(algorithm: str, L: int, dim: int = 2) -> tuple[int, int]:
     tau_L = (tau + 2 * error) * (L / 32) ** DYNAMIC_EXPONENT[algorithm]
     # round() first: 25 x 39.2 must give 980, not 981 from a last-bit excess.
     n_thermalize = math.ceil(round(THERMALIZE_TAUS * tau_L, 9))
+    if algorithm == "wolff":
+        sweeps, power = WOLFF_HOT_START
+        n_thermalize = max(n_thermalize, math.ceil(round(sweeps * (L / 32) ** power, 9)))
     return max(MIN_THERMALIZE, n_thermalize), max(1, math.ceil(round(2 * tau_L, 9)))
