@@ -81,7 +81,12 @@ def kernels() -> ModuleType:
         from rbmrg.lattice import fused_kernels
 
         _kernels = fused_kernels
-        _interpreted = bool(triton.knobs.runtime.interpret)
+        knobs = getattr(triton, "knobs", None)  # (Triton >= 3.4; older ones read the variable)
+        _interpreted = bool(
+            knobs.runtime.interpret
+            if knobs is not None
+            else os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
+        )
     return _kernels
 
 
