@@ -86,7 +86,7 @@ def train_py(tmp_path: Path, *overrides: str) -> subprocess.Popen:
         OMP_NUM_THREADS="1",
         NUMBA_NUM_THREADS="1",
         WANDB_MODE="offline",
-        PYTHONPATH=str(ROOT / "tests"),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
     )
     command = [sys.executable, str(ROOT / "train.py"), *overrides, f"data.data_dir={tmp_path}/data"]
     return subprocess.Popen(

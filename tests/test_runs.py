@@ -43,7 +43,7 @@ def env(tmp_path: Path) -> dict:
         NUMBA_NUM_THREADS="1",
         WANDB_MODE="offline",
         RBMRG_DATA_DIR=str(tmp_path / "data"),
-        PYTHONPATH=str(ROOT / "tests"),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
     )
 
 
