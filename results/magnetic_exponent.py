@@ -146,6 +146,53 @@ def transformations(ckpt: str | None, names: list[str] | None) -> dict[str, rg.T
     return found
 
 
+def figure(records: dict, path: Path) -> None:
+    """y_h (all odd candidates) against y_t (N_c = 7) for every transformation, N_r = 1 and 2.
+
+    The axes show the transformations with |y_t - 1| < 0.1; the others (decimation, very soft
+    block spins) are listed in the title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_r = len(next(iter(records.values()))["y_t"])
+    markers = "osD^v<>phX*P8"
+    fig, axes = plt.subplots(1, n_r, figsize=(6.5 * n_r, 5), squeeze=False)
+    for r, ax in enumerate(axes[0]):
+        outside = []
+        for index, (name, record) in enumerate(records.items()):
+            y_t, e_t = record["y_t"][r][-1], record["y_t_err"][r][-1]
+            y_h, e_h = record["y_h"][r][-1], record["y_h_err"][r][-1]
+            if abs(y_t - 1) >= 0.1:
+                outside.append(f"{name} ({y_t:.3f}, {y_h:.3f})")
+                continue
+            colour = "tab:blue" if name.startswith("learned") else "tab:red"
+            ax.errorbar(
+                y_t,
+                y_h,
+                xerr=e_t,
+                yerr=e_h,
+                color=colour,
+                label=name,
+                marker=markers[index % len(markers)],
+                ls="none",
+            )
+        ax.axvline(1.0, color="k", lw=0.5)
+        ax.axhline(15 / 8, color="k", lw=0.5)
+        ax.set_xlabel("y_t (N_c = 7)")
+        ax.set_ylabel("y_h (all odd candidates)")
+        title = f"N_r = {r + 1} (exact: y_t = 1, y_h = 15/8)"
+        if outside:
+            title += "\nnot shown: " + "; ".join(outside)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", default=None, help="filter file of the learned transformation")
@@ -154,8 +201,15 @@ def main() -> None:
         "--flow", nargs="*", default=["learned", "majority"], help="couplings + odd flow for these"
     )
     parser.add_argument("--out", default="outputs/magnetic_exponent.json", help="JSON output")
+    parser.add_argument("--figure", default=None, help="PNG of y_h against y_t")
+    parser.add_argument("--from-json", default=None, help="only redraw --figure from this JSON")
     add_pass_arguments(parser, n_samples=100_000)
     args = parser.parse_args()
+    if args.from_json is not None:
+        if args.figure is None:
+            parser.error("--from-json needs --figure")
+        figure(json.loads(Path(args.from_json).read_text())["results"], Path(args.figure))
+        return
     out = Path(args.out)
     if out.exists():
         parser.error(f"--out={out} exists; choose another path (earlier results are kept)")
@@ -215,7 +269,10 @@ def main() -> None:
         couplings = result.couplings
         # y_h from the flow: log2 of the growth of the field coupling per step, error from the
         # jackknife of the two levels treated as independent (an upper bound: they are correlated).
-        ratio_y = [math.log2(response[n + 1, mag] / response[n, mag]) for n in range(n_levels - 1)]
+        ratio_y = [
+            math.log2(ratio) if (ratio := response[n + 1, mag] / response[n, mag]) > 0 else math.nan
+            for n in range(n_levels - 1)
+        ]
         records[name]["flow"] = {
             "names": result.names,
             "couplings_levels_1_to_Nr": couplings.tolist(),
@@ -268,6 +325,8 @@ def main() -> None:
     }
     with open(out, "x") as file:
         json.dump(json_safe(record), file, indent=1)
+    if args.figure is not None:
+        figure(records, Path(args.figure))
     print(f"\nwritten: {out} ({seconds:.0f} s)")
 
 
