@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from rbmrg.lattice.sampling import SampleSet
+from rbmrg.progress import progress_bar
 from rbmrg.training import data as data_module
-from rbmrg.training.data import IsingDataModule, ShuffledBatches, progress_bar
+from rbmrg.training.data import IsingDataModule, ShuffledBatches
 
 SMALL = dict(L=8, n_train=200, n_val=400, n_chains=20, n_thermalize=20, n_between=2, progress=False)
 
@@ -204,23 +205,27 @@ def test_train_dataloader_batches(tmp_path):
     epoch_one = list(loader)
     epoch_two = list(loader)
     assert len(epoch_one) == len(loader)
-    assert all(b.shape == (16, 8, 8) and b.dtype == torch.float32 for b in epoch_one)
-    assert not torch.equal(torch.cat(epoch_one), torch.cat(epoch_two))  # reshuffled
+    # Chunks of updates_per_step = 1 minibatch each.
+    assert all(b.shape == (1, 16, 8, 8) and b.dtype == torch.float32 for b in epoch_one)
+    epoch_one, epoch_two = torch.cat(epoch_one).flatten(0, 1), torch.cat(epoch_two).flatten(0, 1)
+    assert not torch.equal(epoch_one, epoch_two)  # reshuffled
     # An epoch draws rows of the set without replacement.
     available = Counter(tuple(row) for row in data.train_set.spins.float().flatten(1).tolist())
-    drawn = Counter(tuple(row) for row in torch.cat(epoch_one).flatten(1).tolist())
+    drawn = Counter(tuple(row) for row in epoch_one.flatten(1).tolist())
     assert all(available[row] >= count for row, count in drawn.items())
-    # Same seed, same shuffles.
-    replay = make(tmp_path, batch_size=16)
+    # Same seed, same shuffles, whatever the chunk size (12 minibatches: chunks of 5, 5, 2).
+    replay = make(tmp_path, batch_size=16, updates_per_step=5)
     replay.setup()
-    assert torch.equal(torch.cat(list(replay.train_dataloader())), torch.cat(epoch_one))
+    chunks = list(replay.train_dataloader())
+    assert [c.shape[0] for c in chunks] == [5, 5, 2] and len(replay.train_dataloader()) == 3
+    assert torch.equal(torch.cat(chunks).flatten(0, 1), epoch_one)
 
 
 def test_ranks_shard_disjointly():
     spins = torch.arange(100).float()[:, None, None].expand(100, 2, 2)
     shards = [ShuffledBatches(spins, 7, seed=3, rank=r, world_size=3) for r in range(3)]
     assert {len(s) for s in shards} == {33 // 7}
-    seen = [torch.cat(list(s))[:, 0, 0].tolist() for s in shards]
+    seen = [torch.cat(list(s)).flatten(0, 1)[:, 0, 0].tolist() for s in shards]
     flat = [x for shard in seen for x in shard]
     assert len(flat) == len(set(flat)) == 3 * (33 // 7) * 7
 
@@ -292,5 +297,6 @@ def test_lightning_trainer_consumes_the_loader(tmp_path):
         enable_model_summary=False,
         default_root_dir=str(tmp_path),
     )
-    trainer.fit(model, datamodule=make(tmp_path, batch_size=50))
-    assert model.batches == [torch.Size([50, 8, 8])] * 8
+    trainer.fit(model, datamodule=make(tmp_path, batch_size=50, updates_per_step=3))
+    # 4 minibatches an epoch in chunks of 3 and 1, for 2 epochs.
+    assert model.batches == [torch.Size([3, 50, 8, 8]), torch.Size([1, 50, 8, 8])] * 2

@@ -198,3 +198,33 @@ def test_torch_scheduler_through_torch_schedule():
 def test_bad_settings_raise_naming_the_setting(build, setting):
     with pytest.raises(ValueError, match=setting.replace(".", r"\.")):
         build()
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_updates_per_step_leave_every_update_unchanged(tmp_path, backend):
+    """M consecutive updates per training_step (chunks of M minibatches, the last one shorter) give
+    the filter of one update per step, bit for bit: same minibatches, same Gibbs draws, same Adam
+    steps and learning rates (a decaying schedule, so a shifted lr would show)."""
+    from rbmrg.training.data import ShuffledBatches
+
+    spins = ordered_samples(n=240, L=8)  # 24 minibatches an epoch: chunks of 7 leave a tail of 3
+    weights = {}
+    for chunk, seed in ((1, 11), (7, 11), (50, 11), ("control", 12)):
+        pl.seed_everything(seed)
+        module = RBMModule(filter_size=4, stride=2, backend=backend, persistent=True)
+        module.schedule = SqrtDecay(lr=1e-2, lr_final=1e-3, decay_epochs=2)
+        trainer = pl.Trainer(
+            max_epochs=3,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        batches = ShuffledBatches(spins, 10, seed=5, chunk=7 if chunk == "control" else chunk)
+        trainer.fit(module, train_dataloaders=batches)
+        assert trainer.global_step == 3 * 24  # one optimizer step per minibatch
+        weights[chunk] = module.rbm.weight.detach().clone()
+    assert torch.equal(weights[1], weights[7]) and torch.equal(weights[1], weights[50])
+    assert not torch.equal(weights[7], weights["control"])  # other Gibbs draws: the test can tell

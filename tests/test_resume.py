@@ -94,8 +94,13 @@ def train_py(tmp_path: Path, *overrides: str) -> subprocess.Popen:
     )
 
 
-def test_kill_9_mid_epoch_then_resume_in_place_is_bit_identical(tmp_path):
-    overrides = [*RESUMABLE, "logger=csv"]
+@pytest.mark.parametrize("updates_per_step, saved_at", [(1, 42), (4, 44)])
+def test_kill_9_mid_epoch_then_resume_in_place_is_bit_identical(
+    tmp_path, updates_per_step, saved_at
+):
+    """With one update per training step, and with chunks of 4 (then last.ckpt is written at the end
+    of the chunk that passes update 42)."""
+    overrides = [*RESUMABLE, "logger=csv", f"data.updates_per_step={updates_per_step}"]
     reference, run = tmp_path / "reference", tmp_path / "run"
     uninterrupted = train_py(tmp_path, *overrides, f"hydra.run.dir={reference}")
     killed = train_py(
@@ -109,7 +114,7 @@ def test_kill_9_mid_epoch_then_resume_in_place_is_bit_identical(tmp_path):
         process.communicate(timeout=600)
     assert uninterrupted.returncode == 0
     assert killed.returncode == -signal.SIGKILL
-    assert int(weights(run)["global_step"]) == 42
+    assert int(weights(run)["global_step"]) == saved_at
     config_before = (run / ".hydra" / "config.yaml").read_bytes()
 
     resumed = train_py(

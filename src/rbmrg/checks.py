@@ -29,9 +29,7 @@ def integer(name: str, value: Any, low: int | None = None, high: int | None = No
     return value
 
 
-def number(
-    name: str, value: Any, low: float | None = None, *, positive: bool = False
-) -> float:
+def number(name: str, value: Any, low: float | None = None, *, positive: bool = False) -> float:
     """``value`` as a finite float (> 0 with ``positive``, >= ``low`` if given)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name}={value!r}: must be a number")

@@ -19,7 +19,6 @@ names it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -28,49 +27,13 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from rbmrg import checks
 from rbmrg.lattice.model import IsingModel
 from rbmrg.lattice.samplers import DEFAULT_ALGORITHM, check_algorithm
-from rbmrg.lattice.sampling import SampleSet, draw_samples
+from rbmrg.lattice.sampling import SampleSet, draw_samples, thermalization_drift, validate_sampling
+from rbmrg.progress import progress_bar
+from rbmrg.rg.mcrg import MIN_BLOCKS
 from rbmrg.training.cache import CACHE_FORMAT, SampleCache
-
-
-@contextlib.contextmanager
-def progress_bar(
-    total: int, description: str, enabled: bool = True
-) -> Iterator[Callable[[int], None]]:
-    """A ``rich`` progress bar with rate and ETA; yields ``update(k)``, k = items done so far.
-
-    Pass ``update`` as the ``progress`` argument of :func:`rbmrg.lattice.sampling.draw_samples` or
-    :func:`rbmrg.lattice.sampling.iterate_samples`. With ``enabled=False`` it yields a no-op.
-    """
-    if not enabled:
-        yield lambda done: None
-        return
-    with progress_display() as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda done: bar.update(task, completed=done)
-
-
-def progress_display(unit: str = "", enabled: bool = True):
-    """The ``rich`` display rbmrg uses for long loops: description, bar, n/total, elapsed, ETA."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
-    columns += [TextColumn(unit)] if unit else []
-    columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    return Progress(*columns, disable=not enabled)
-
-
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
 
 
 class ShuffledBatches:
@@ -81,10 +44,15 @@ class ShuffledBatches:
     ``world_size``-th entry of it; the tail that does not fill a whole batch on every rank is dropped,
     so all ranks run the same number of steps.
 
-    Resumable mid-epoch: ``state_dict()`` records the epoch and how many of its batches were handed
-    out, and after ``load_state_dict()`` the next iteration continues that epoch's permutation where
-    it stopped. (Lightning does not fetch ahead from an iterable that has a length, so a batch handed
-    out is the batch being trained on.)
+    Minibatches are handed out in *chunks* of ``chunk`` consecutive ones, as one tensor
+    ``(m, batch_size, L, ..., L)`` (m = ``chunk``, or fewer at the end of an epoch): the training
+    module runs one CD update per minibatch of a chunk, so the framework's per-step cost is paid once
+    per chunk. The sequence of minibatches does not depend on ``chunk``.
+
+    Resumable mid-epoch: ``state_dict()`` records the epoch and how many of its minibatches were
+    handed out, and after ``load_state_dict()`` the next iteration continues that epoch's permutation
+    where it stopped. (Lightning does not fetch ahead from an iterable that has a length, so a chunk
+    handed out is the chunk being trained on.)
     """
 
     def __init__(
@@ -95,20 +63,27 @@ class ShuffledBatches:
         rank: int = 0,
         world_size: int = 1,
         epoch_of: Callable[[], int] | None = None,
+        chunk: int = 1,
     ) -> None:
         self.spins = spins
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.chunk = chunk
         self._epoch_of = epoch_of
         self._epochs_started = 0
         self._epoch = 0
-        self._served = 0  # batches handed out in the current epoch
+        self._served = 0  # minibatches handed out in the current epoch
         self._resume: dict[str, int] | None = None
 
-    def __len__(self) -> int:
+    @property
+    def minibatches(self) -> int:
+        """Minibatches (CD updates) per epoch on this rank."""
         return (self.spins.shape[0] // self.world_size) // self.batch_size
+
+    def __len__(self) -> int:
+        return -(-self.minibatches // self.chunk)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self._epoch, "consumed": self._served}
@@ -122,19 +97,22 @@ class ShuffledBatches:
         skip = 0
         if self._resume is not None:
             if self._resume["epoch"] == epoch:
-                skip = min(self._resume["consumed"], len(self))
+                skip = min(self._resume["consumed"], self.minibatches)
             self._resume = None
         self._epoch, self._served = epoch, skip
-        return self._batches(epoch, skip)
+        return self._chunks(epoch, skip)
 
-    def _batches(self, epoch: int, skip: int) -> Iterator[torch.Tensor]:
+    def _chunks(self, epoch: int, skip: int) -> Iterator[torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(self.spins.shape[0], generator=generator)
-        per_rank = len(self) * self.batch_size
+        total = self.minibatches
+        per_rank = total * self.batch_size
         mine = order[self.rank :: self.world_size][:per_rank].to(self.spins.device)
-        for start in range(skip * self.batch_size, per_rank, self.batch_size):
-            self._served += 1
-            yield self.spins[mine[start : start + self.batch_size]]
+        for first in range(skip, total, self.chunk):
+            count = min(self.chunk, total - first)
+            rows = mine[first * self.batch_size : (first + count) * self.batch_size]
+            self._served += count
+            yield self.spins[rows].view(count, self.batch_size, *self.spins.shape[1:])
 
 
 class IsingDataModule(pl.LightningDataModule):
@@ -154,6 +132,9 @@ class IsingDataModule(pl.LightningDataModule):
         n_thermalize: sweeps discarded from the hot start of each chain.
         n_between: sweeps between kept configurations of a chain.
         batch_size: configurations per training minibatch.
+        updates_per_step: minibatches handed to one ``training_step`` (the module makes one CD update
+            per minibatch): the framework's per-step cost is paid once per this many updates; the
+            trained filter does not depend on it.
         train_seed, val_seed: seeds of the two sets; must differ, so the sets are independent.
         data_dir: cache directory (created if needed; must be writable); ``None`` keeps the sets in
             memory only.
@@ -178,44 +159,38 @@ class IsingDataModule(pl.LightningDataModule):
         data_dir: str | None = "data",
         device: str = "cpu",
         progress: bool = True,
+        updates_per_step: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.ising = IsingModel(L=L, coupling=coupling, dim=dim)  # checks L, coupling, dim
-        check_algorithm(algorithm, dim)
-        for name, value, low in (
-            ("n_train", n_train, 1),
-            ("n_val", n_val, 1),
-            ("n_chains", n_chains, 1),
-            ("n_thermalize", n_thermalize, 0),
-            ("n_between", n_between, 1),
-            ("batch_size", batch_size, 1),
-            ("train_seed", train_seed, 0),
-            ("val_seed", val_seed, 0),
-        ):
-            _check_int(name, value, low)
-        if n_chains < 20:
-            raise ValueError(
-                f"n_chains={n_chains}: the held-out set needs >= 20 independent chains for the "
-                "jackknife error bars of MCRG"
+        try:
+            self.ising = IsingModel(L=L, coupling=coupling, dim=dim)
+            check_algorithm(algorithm, dim)
+        except ValueError as error:
+            raise ValueError(f"data.{error}") from None
+        for name, count, seed in (("n_train", n_train, train_seed), ("n_val", n_val, val_seed)):
+            validate_sampling(
+                count,
+                n_chains,
+                n_thermalize,
+                n_between,
+                names=(f"data.{name}", "data.n_chains", "data.n_thermalize", "data.n_between"),
             )
-        for name, count in (("n_train", n_train), ("n_val", n_val)):
-            if count % n_chains:
-                raise ValueError(
-                    f"{name}={count} is not a multiple of n_chains={n_chains}: every chain "
-                    "contributes the same number of samples"
-                )
-        if batch_size > n_train:
-            raise ValueError(f"batch_size={batch_size} exceeds n_train={n_train}")
+            checks.integer(f"data.{name.replace('n_', '')}_seed", seed, 0)
+        if n_chains < MIN_BLOCKS:
+            raise ValueError(
+                f"data.n_chains={n_chains}: the held-out set needs >= {MIN_BLOCKS} independent "
+                "chains, one jackknife block each at least, for the error bars of MCRG"
+            )
+        checks.integer("data.batch_size", batch_size, 1, n_train)
+        self.updates_per_step = checks.integer("data.updates_per_step", updates_per_step, 1)
         if train_seed == val_seed:
             raise ValueError(
-                f"train_seed={train_seed} equals val_seed={val_seed}: the held-out set must be "
-                "independent of the training set"
+                f"data.train_seed={train_seed} equals data.val_seed={val_seed}: the held-out set "
+                "must be independent of the training set"
             )
-        try:
-            self.sampling_device = torch.device(device)
-        except RuntimeError as error:
-            raise ValueError(f"device={device!r}: not a torch device ({error})") from None
+        self.sampling_device = checks.device("data.device", device)
+        checks.flag("data.progress", progress)
         self.algorithm = algorithm
         self.n_train, self.n_val, self.n_chains = n_train, n_val, n_chains
         self.n_thermalize, self.n_between = n_thermalize, n_between
@@ -309,7 +284,8 @@ class IsingDataModule(pl.LightningDataModule):
         return (self.n_train // world_size) // self.batch_size
 
     def train_dataloader(self) -> ShuffledBatches:
-        """Shuffled float32 minibatches ``(batch_size, L, ..., L)`` on the training device."""
+        """Shuffled float32 minibatches on the training device, in chunks ``(m, batch_size, L, ..., L)``
+        of m <= ``updates_per_step`` consecutive minibatches (see :class:`ShuffledBatches`)."""
         if self.train_set is None:
             self.setup("fit")
         trainer = self.trainer
@@ -329,6 +305,7 @@ class IsingDataModule(pl.LightningDataModule):
                 if trainer is not None
                 else None
             ),
+            chunk=self.updates_per_step,
         )
 
 
@@ -351,15 +328,6 @@ def _warn_if_correlated(samples: SampleSet, label: str) -> None:
                 RuntimeWarning,
                 stacklevel=3,
             )
-    per_chain = samples.energy.shape[0]
-    if per_chain >= 4 and samples.n_chains >= 4:
-        half = per_chain // 2
-        drift = samples.energy[:half].mean(0) - samples.energy[half : 2 * half].mean(0)
-        error = float(drift.std()) / math.sqrt(samples.n_chains)
-        if error > 0 and abs(float(drift.mean())) > 5 * error:
-            warnings.warn(
-                f"{label} set: mean energy drifts between the halves of the chains "
-                f"({float(drift.mean()):.3g} +- {error:.2g}); raise n_thermalize",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+    drift = thermalization_drift(samples.energy)
+    if drift is not None:
+        warnings.warn(f"{label} set: {drift}", RuntimeWarning, stacklevel=3)

@@ -44,8 +44,9 @@ from rbmrg.training.schedules import Schedule, SqrtDecay
 BACKENDS = ("auto", "torch", "numba")
 #: Checkpoint entry holding the random-generator states (see rng_states).
 RNG_STATES_KEY = "rng_states"
-#: Per-step attributes that are never parameters, modules or buffers (see RBMModule.__setattr__).
-_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_gap_sum", "_gap_count"})
+#: Seed of the generator behind the logged reconstruction cross-entropy: its draws never touch the
+#: generators of the updates, so logging more or less often changes no update.
+_MONITOR_SEED = 20240917
 
 
 class RBMModule(pl.LightningModule):
@@ -94,15 +95,9 @@ class RBMModule(pl.LightningModule):
         self.chains: torch.Tensor | None = None  # persistent chains, (batch_size, L, ..., L)
         self._gap_sum: torch.Tensor | None = None  # on-device running sum, no host sync per step
         self._gap_count = 0
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets ``_current_fx_name`` around every hook call, ~45 times per update, and
-        # nn.Module.__setattr__ spends ~4 us each on checking whether the value is a parameter,
-        # module or buffer (~0.2 ms per update). These attributes never are: store them directly.
-        if name in _PLAIN_ATTRIBUTES:
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
+        self._scheduler_interval = "step"
+        # training_step makes one optimizer step per minibatch of a chunk of several.
+        self.automatic_optimization = False
 
     # ---------------------------------------------------------------------------------------------
     # Physics hooks
@@ -150,7 +145,7 @@ class RBMModule(pl.LightningModule):
         backend = self.hparams.get("backend", "torch")
         if backend == "torch":
             return False
-        fits = spins.device.type == "cpu" and spins.ndim == 3 and spins.shape[1] == spins.shape[2]
+        fits = self.rbm.dim == 2 and spins.device.type == "cpu" and spins.ndim == 3
         if backend == "numba" and not fits:
             raise ValueError(
                 f"model.backend=numba runs on square 2D lattices on the CPU only, got a batch of "
@@ -160,8 +155,12 @@ class RBMModule(pl.LightningModule):
 
     @torch.no_grad()
     def reconstruction_cross_entropy(self, spins: torch.Tensor) -> torch.Tensor:
-        """-<log P(sigma' = sigma | mu)> per spin, mu ~ P(mu | sigma): one up-down pass, in nats."""
-        block_spins = self.rbm.sample_hidden(spins)
+        """-<log P(sigma' = sigma | mu)> per spin, mu ~ P(mu | sigma): one up-down pass, in nats.
+
+        mu is drawn from a generator of its own (fixed seed), not from the one the updates use.
+        """
+        generator = torch.Generator(device=spins.device).manual_seed(_MONITOR_SEED)
+        block_spins = self.rbm.sample_hidden(spins, generator)
         logits = 2.0 * self.rbm.visible_field(block_spins, spins.shape[-1])
         return F.binary_cross_entropy_with_logits(logits, (spins + 1.0) / 2.0)
 
@@ -169,36 +168,47 @@ class RBMModule(pl.LightningModule):
     # Lightning hooks
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        spins = batch[0] if isinstance(batch, list | tuple) else batch
-        spins = spins.to(self.rbm.weight.dtype)
-        loss = self.contrastive_divergence(spins)
-        gap = loss.detach()
-        self._gap_sum = gap if self._gap_sum is None else self._gap_sum + gap
-        self._gap_count += 1
-        # Log only on the steps the logger writes: self.log costs host time, and the metrics below
-        # need extra passes over the batch.
-        if self._logger_writes_this_step():
-            self.log_dict(
-                {
-                    "train/free_energy_gap": gap,
-                    "train/reconstruction_cross_entropy": self.reconstruction_cross_entropy(spins),
-                    "train/filter_norm": self.rbm.weight.detach().norm(),
-                    "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
-                },
-                on_step=True,
-                on_epoch=False,
-            )
-        return loss
+        """M consecutive CD-k updates, one per minibatch of the chunk ``batch`` (m, batch, L, ...).
 
-    def _logger_writes_this_step(self) -> bool:
-        # Lightning's own decision (private API, stable through 2.x); the public fallback is the
-        # same rule for plain step logging.
-        connector = getattr(self.trainer, "_logger_connector", None)
-        if connector is not None and hasattr(connector, "should_update_logs"):
-            return bool(connector.should_update_logs)
-        return (self.trainer.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0
+        Each update is exactly what one automatic-optimization step was: the CD loss, its backward
+        pass (gradients averaged over ranks under DDP), one Adam step, then the learning rate of the
+        next update. Only the framework's per-step work is shared by the M updates of a chunk. A
+        plain minibatch ``(batch, L, ...)`` is a chunk of one.
+        """
+        chunk = batch[0] if isinstance(batch, list | tuple) else batch
+        chunk = chunk.to(self.rbm.weight.dtype)
+        if chunk.ndim == self.rbm.dim + 1:
+            chunk = chunk.unsqueeze(0)
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        gaps = []
+        for spins in chunk:
+            optimizer.zero_grad()
+            loss = self.contrastive_divergence(spins)
+            self.manual_backward(loss)
+            optimizer.step()
+            if scheduler is not None and self._scheduler_interval == "step":
+                scheduler.step()
+            gaps.append(loss.detach())
+        gap = torch.stack(gaps)
+        self._gap_sum = gap.sum() if self._gap_sum is None else self._gap_sum + gap.sum()
+        self._gap_count += len(gaps)
+        self.log_dict(
+            {
+                "train/free_energy_gap": gap.mean(),
+                "train/reconstruction_cross_entropy": self.reconstruction_cross_entropy(chunk[-1]),
+                "train/filter_norm": self.rbm.weight.detach().norm(),
+                "train/lr": optimizer.param_groups[0]["lr"],
+            },
+            on_step=True,
+            on_epoch=False,
+        )
+        return gap.mean()
 
     def on_train_epoch_end(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None and self._scheduler_interval == "epoch":
+            scheduler.step()
         if self._gap_count:
             self.log("train/free_energy_gap_epoch", self._gap_sum / self._gap_count, sync_dist=True)
         self._gap_sum, self._gap_count = None, 0
@@ -206,13 +216,14 @@ class RBMModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         betas = tuple(self.hparams.betas)
         optimizer = torch.optim.Adam(self.rbm.parameters(), lr=self.schedule.lr, betas=betas)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": self.schedule.build(optimizer, self.steps_per_epoch()),
-        }
+        scheduler = self.schedule.build(optimizer, self.steps_per_epoch())
+        # Manual optimization: training_step steps the scheduler itself, at this interval.
+        self._scheduler_interval = scheduler["interval"]
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch on this rank (the schedules count epochs in steps).
+        """Optimizer steps (CD updates) in one epoch on this rank (the schedules count epochs in
+        updates, whatever the number of updates per training_step).
 
         Asked of the data module where it can tell: ``trainer.estimated_stepping_batches`` would set up
         the training data before a checkpoint is restored, and Lightning then never hands the
@@ -224,13 +235,14 @@ class RBMModule(pl.LightningModule):
             batches = datamodule.batches_per_epoch(trainer.world_size)
         else:
             trainer.estimated_stepping_batches  # noqa: B018 - loads the train dataloader
-            batches = trainer.num_training_batches
+            # A loader of chunks (ShuffledBatches) knows its minibatches; a plain one yields them.
+            batches = getattr(trainer.train_dataloader, "minibatches", trainer.num_training_batches)
         if batches == float("inf"):
             raise ValueError(
                 "the training data has no length: the learning-rate schedule needs the number of "
                 "minibatches per epoch"
             )
-        return max(1, -(-int(batches) // trainer.accumulate_grad_batches))
+        return max(1, int(batches))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.chains is not None:

@@ -2,7 +2,7 @@
 
 * :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file and renames it over the old
   one: ``last.ckpt`` is always a complete checkpoint, even after ``kill -9`` in the middle of a save.
-* :class:`StepCheckpoint` refreshes ``last.ckpt`` every N updates, except at the last update of an
+* :class:`StepCheckpoint` refreshes ``last.ckpt`` every N updates, except at the last step of an
   epoch, where Lightning would resume as if the epoch's end (MCRG, the epoch checkpoint) had run.
 * :class:`ResumableCSVLogger` is Lightning's CSV logger without its habit of deleting an existing
   ``metrics.csv``: it refuses another run's file, and a run resumed in place continues its own (the
@@ -28,7 +28,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
@@ -52,19 +51,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(partial, path)
 
 
-class StepCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` with ``every_n_train_steps`` that skips the last update of each epoch.
+class StepCheckpoint(pl.Callback):
+    """Refresh ``<dirpath>/last.ckpt`` whenever the run passes a multiple of ``every_n_train_steps``
+    updates, except at the last training step of an epoch.
 
-    Lightning (2.x) resumes a checkpoint written after the last update of an epoch as if that epoch
-    had ended: a run killed during the epoch's end (MCRG takes seconds) would lose the epoch's MCRG
-    and one whole epoch of updates. The epoch checkpoint follows a moment later in any case; a kill
-    before it resumes from the previous step checkpoint and redoes the few updates in between.
+    A training step makes several updates (``data.updates_per_step``), so the update count passes
+    a multiple of N inside a step and the checkpoint is written at the end of that step: a killed run
+    loses at most N + updates_per_step updates. Lightning (2.x) resumes a checkpoint written after
+    the last step of an epoch as if that epoch had ended: a run killed during the epoch's end (MCRG
+    takes seconds) would lose the epoch's MCRG and one whole epoch of updates. The epoch checkpoint
+    follows a moment later in any case; a kill before it resumes from the previous step checkpoint
+    and redoes the updates in between.
+
+    Args:
+        dirpath: the run's checkpoint directory.
+        every_n_train_steps: N, in updates (optimizer steps), >= 1.
     """
+
+    def __init__(self, dirpath: str | os.PathLike, every_n_train_steps: int = 500):
+        super().__init__()
+        if isinstance(every_n_train_steps, bool) or not (
+            isinstance(every_n_train_steps, int) and every_n_train_steps >= 1
+        ):
+            raise ValueError(
+                f"callbacks.step_checkpoint.every_n_train_steps={every_n_train_steps!r}: must be "
+                "an integer >= 1"
+            )
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = every_n_train_steps
+        self._steps_before = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._steps_before = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx + 1 >= trainer.num_training_batches:
             return
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        n = self.every_n_train_steps
+        if trainer.global_step // n > self._steps_before // n:
+            trainer.save_checkpoint(self.dirpath / "last.ckpt")
 
 
 class FlushLoggersAtCheckpoint(pl.Callback):
