@@ -302,7 +302,6 @@ def test_chain_decimation_response_is_the_derivative_of_the_flow():
         to_field.update(levels, blocks)
 
 
-@pytest.mark.slow
 def test_jackknife_error_matches_the_spread_of_repetitions():
     """20 independent level-0 runs at K_c: the spread of K_nn over runs matches the mean jackknife
     error within the chi^2 range of a sample standard deviation (99.9%, 19 degrees of freedom)."""
