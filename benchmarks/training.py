@@ -7,8 +7,9 @@ Paper settings: L = 32, 8x8 filter, stride 2, CD-3, minibatch 10, Adam with the 
 The configurations are random +1/-1 spins already on the device (the cost of an update does not depend
 on what the spins are), served like ``IsingDataModule.train_dataloader``: on-device float32 minibatches
 of a tensor reshuffled each epoch, no DataLoader and no collate. Both loops run the same
-``RBMModule.contrastive_divergence``; the Lightning loop adds the Trainer (automatic optimisation,
-scheduler, step logging every ``log_every_n_steps`` to a CSV logger, no progress bar, no checkpoints).
+``RBMModule.contrastive_divergence``; the Lightning loop adds the Trainer (manual optimisation,
+scheduler, ``--updates-per-step`` updates per training step as ``IsingDataModule`` serves them, step
+logging to a CSV logger after every training step, no progress bar, no checkpoints).
 Both CD implementations are timed (``--backends``): ``torch``, the reference, and ``numba``, the
 fused CPU kernel of ``rbmrg.training.cd_numba``. Also timed: MCRG on the held-out set (5 x 10^4
 configurations, N_r = 2), the cost MCRGCallback adds per epoch: the first epoch (which measures the
@@ -35,6 +36,7 @@ import torch
 from common import cpu_model
 
 from rbmrg.training.callbacks import MCRGCallback
+from rbmrg.training.data import ShuffledBatches
 from rbmrg.training.module import RBMModule
 from rbmrg.training.schedules import SqrtDecay
 
@@ -95,34 +97,40 @@ def bare_loop(spins: torch.Tensor, args: argparse.Namespace, device: str, backen
 
 
 class _Timer(pl.Callback):
+    """Wall time and updates from the first training step that starts after ``warmup`` updates."""
+
     def __init__(self, warmup: int, device: str):
-        self.warmup, self.device, self.start, self.end = warmup, device, None, None
+        self.warmup, self.device = warmup, device
+        self.start = self.end = None
+        self.first_update = self.last_update = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.warmup:
+        if self.start is None and trainer.global_step >= self.warmup:
             _sync(self.device)
-            self.start = time.perf_counter()
+            self.start, self.first_update = time.perf_counter(), trainer.global_step
 
     def on_train_end(self, trainer, pl_module):
         _sync(self.device)
-        self.end = time.perf_counter()
+        self.end, self.last_update = time.perf_counter(), trainer.global_step
 
 
 def lightning_loop(
     spins: torch.Tensor, args: argparse.Namespace, device: str, backend: str
 ) -> float:
-    """Updates/s with the Trainer in the loop."""
+    """Updates/s with the Trainer in the loop: chunks of ``--updates-per-step`` minibatches, as
+    IsingDataModule serves them (``data.updates_per_step``)."""
     module = _module(args, backend)
     timer = _Timer(args.warmup, device)
-    batches = OnDeviceBatches(spins, args.batch_size, args.steps + args.warmup)
+    batches = ShuffledBatches(spins, args.batch_size, seed=0, chunk=args.updates_per_step)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = pl.Trainer(
             accelerator="gpu" if device == "cuda" else "cpu",
             devices=1,
-            max_epochs=1,
+            max_epochs=1000,  # bounded by max_steps; a finite count makes Lightning size the epoch
+            max_steps=args.warmup + args.steps,
             logger=pl.loggers.CSVLogger(tmp),
-            log_every_n_steps=50,
+            log_every_n_steps=1,
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -132,7 +140,7 @@ def lightning_loop(
             default_root_dir=tmp,
         )
         trainer.fit(module, train_dataloaders=batches)
-    return args.steps / (timer.end - timer.start)
+    return (timer.last_update - timer.first_update) / (timer.end - timer.start)
 
 
 def mcrg_seconds(args: argparse.Namespace, device: str) -> tuple[float, float]:
@@ -167,6 +175,9 @@ def main() -> None:
     parser.add_argument("--filter-size", type=int, default=8)
     parser.add_argument("--stride", type=int, default=2)
     parser.add_argument("--cd-k", type=int, default=3)
+    parser.add_argument(
+        "--updates-per-step", type=int, default=50, help="minibatches per training_step (M)"
+    )
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--n-train", type=int, default=10_000)
     parser.add_argument(
@@ -206,7 +217,16 @@ def main() -> None:
         },
         "settings": {
             k: getattr(args, k)
-            for k in ("L", "filter_size", "stride", "cd_k", "batch_size", "steps", "n_val")
+            for k in (
+                "L",
+                "filter_size",
+                "stride",
+                "cd_k",
+                "batch_size",
+                "steps",
+                "n_val",
+                "updates_per_step",
+            )
         },
     }
     records = []
