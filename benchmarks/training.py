@@ -97,7 +97,8 @@ def bare_loop(spins: torch.Tensor, args: argparse.Namespace, device: str, backen
 
 
 class _Timer(pl.Callback):
-    """Wall time and updates from the first training step that starts after ``warmup`` updates."""
+    """Wall time and CD updates (``RBMModule.updates``) from the first training step that starts
+    after ``warmup`` updates."""
 
     def __init__(self, warmup: int, device: str):
         self.warmup, self.device = warmup, device
@@ -105,13 +106,13 @@ class _Timer(pl.Callback):
         self.first_update = self.last_update = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.start is None and trainer.global_step >= self.warmup:
+        if self.start is None and pl_module.updates >= self.warmup:
             _sync(self.device)
-            self.start, self.first_update = time.perf_counter(), trainer.global_step
+            self.start, self.first_update = time.perf_counter(), pl_module.updates
 
     def on_train_end(self, trainer, pl_module):
         _sync(self.device)
-        self.end, self.last_update = time.perf_counter(), trainer.global_step
+        self.end, self.last_update = time.perf_counter(), pl_module.updates
 
 
 def lightning_loop(
@@ -128,7 +129,8 @@ def lightning_loop(
             accelerator="gpu" if device == "cuda" else "cpu",
             devices=1,
             max_epochs=1000,  # bounded by max_steps; a finite count makes Lightning size the epoch
-            max_steps=args.warmup + args.steps,
+            # Training steps of --updates-per-step CD updates each.
+            max_steps=-(-(args.warmup + args.steps) // args.updates_per_step),
             logger=pl.loggers.CSVLogger(tmp),
             log_every_n_steps=1,
             enable_checkpointing=False,

@@ -224,7 +224,8 @@ def test_updates_per_step_leave_every_update_unchanged(tmp_path, backend):
         )
         batches = ShuffledBatches(spins, 10, seed=5, chunk=7 if chunk == "control" else chunk)
         trainer.fit(module, train_dataloaders=batches)
-        assert trainer.global_step == 3 * 24  # one optimizer step per minibatch
+        assert module.updates == 3 * 24  # one CD update per minibatch, whatever the chunk
+        assert trainer.global_step == 3 * -(-24 // (7 if chunk == "control" else chunk))
         weights[chunk] = module.rbm.weight.detach().clone()
     assert torch.equal(weights[1], weights[7]) and torch.equal(weights[1], weights[50])
     assert not torch.equal(weights[7], weights["control"])  # other Gibbs draws: the test can tell

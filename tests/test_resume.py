@@ -39,7 +39,7 @@ class SigkillAt(pl.Callback):
         self.at_step = at_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.at_step:
+        if pl_module.updates == self.at_step:  # CD updates, several per training step
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -64,6 +64,7 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
         "exp_avg": moments["exp_avg"],
         "exp_avg_sq": moments["exp_avg_sq"],
         "global_step": torch.tensor(checkpoint["global_step"]),
+        "updates": torch.tensor(checkpoint["cd_updates"]),
     }
 
 
@@ -114,7 +115,7 @@ def test_kill_9_mid_epoch_then_resume_in_place_is_bit_identical(
         process.communicate(timeout=600)
     assert uninterrupted.returncode == 0
     assert killed.returncode == -signal.SIGKILL
-    assert int(weights(run)["global_step"]) == saved_at
+    assert int(weights(run)["updates"]) == saved_at
     config_before = (run / ".hydra" / "config.yaml").read_bytes()
 
     resumed = train_py(

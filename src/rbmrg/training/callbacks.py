@@ -10,6 +10,12 @@ set) after every epoch, logs y_t and y_h with jackknife errors under keys
 resume, writes it to ``<output_dir>/mcrg_history.csv`` and draws the figures of :mod:`rbmrg.plots`:
 the filter every epoch (Fig. 1) and, at the end, y_t against the training step (Fig. 2). A fresh run
 (not resumed from a checkpoint) refuses to start in a directory that holds these files of another run.
+
+The rules for the ``mcrg.*`` settings are stated once, in :meth:`MCRGCallback.plan`, which
+``rbmrg.training.run.train`` calls before any sampling and :meth:`MCRGCallback.measure` calls again
+on the set it measures: the jackknife blocks follow :func:`rbmrg.rg.mcrg.check_blocks` and the RG
+levels :func:`rbmrg.rg.transforms.level_sizes`, the rules ``evaluate.py`` applies too. An ``N_r`` the
+lattice cannot take is refused, never cut.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -29,29 +35,31 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
-from rbmrg import plots
+from rbmrg import checks, plots
 from rbmrg.rg.interactions_3d import default_sets
-from rbmrg.rg.mcrg import MCRGResult, chain_major_batches, level0_values, run_mcrg
+from rbmrg.rg.mcrg import (
+    MCRGResult,
+    UnfitInteractionsWarning,
+    chain_major_batches,
+    check_blocks,
+    level0_values,
+    run_mcrg,
+)
 from rbmrg.rg.rbm import ConvRBM
-from rbmrg.rg.transforms import rbm as rbm_transform
+from rbmrg.rg.transforms import RGTransform, level_sizes
 
 HISTORY_FIELDS = ("epoch", "step", "n_r", "n_c", "y_t", "y_t_err", "y_h", "y_h_err")
 #: What this callback writes into its run directory (a fresh run refuses to start over them).
 OUTPUTS = ("mcrg_history.csv", "fig1_filters.png", "fig2_yt_vs_step.png", "filters")
 
 
-def max_rg_steps(L: int, filter_size: int, stride: int, wanted: int) -> int:
-    """How many RG steps (<= ``wanted``) the filter can take from an L lattice.
+class MCRGPlan(NamedTuple):
+    """What one MCRG measurement takes from the held-out set: its first ``n_rows`` configurations,
+    the whole chains ``n_chains``, and the RG transformation of the current filter."""
 
-    The filter is reapplied on each level, so level n (size L / b^n) must hold it and be divisible by
-    b, and the new level must keep at least a 3 x 3 lattice so nearest-neighbour correlations mean
-    something.
-    """
-    steps, size = 0, L
-    while steps < wanted and size % stride == 0 and filter_size <= size and size // stride >= 3:
-        size //= stride
-        steps += 1
-    return steps
+    n_chains: int
+    n_rows: int
+    transform: RGTransform
 
 
 class MCRGCallback(pl.Callback):
@@ -59,9 +67,11 @@ class MCRGCallback(pl.Callback):
 
     Args:
         every_n_epochs: MCRG interval in epochs (the last epoch is always measured).
-        n_rg_steps: N_r wanted (paper: 1 and 2); fewer where the lattice is too small.
-        n_blocks: jackknife blocks (whole independent chains per block; at most the set's n_chains).
-        n_samples: use only the first ``n_samples`` held-out configurations (whole chains); None = all.
+        n_rg_steps: N_r (paper: 1 and 2); every level must take the filter (refused otherwise).
+        n_blocks: jackknife blocks of whole independent chains, ``MIN_BLOCKS`` <= n_blocks <= the
+            set's n_chains (:func:`rbmrg.rg.mcrg.check_blocks`).
+        n_samples: use only the first ``n_samples`` held-out configurations, a whole number of
+            chains and at least ``n_blocks`` of them; None, or at least the set's size, = all.
         batch_size: configurations per MCRG pass (memory only, not the result).
         seed: seed of the RBM's random block spins; the same every epoch so that the epoch-to-epoch
             changes of y_t come from the filter, not from the draw.
@@ -86,26 +96,23 @@ class MCRGCallback(pl.Callback):
         filter_images: bool = True,
     ):
         super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError(f"mcrg.every_n_epochs={every_n_epochs!r}: must be >= 1")
-        if n_rg_steps < 1:
-            raise ValueError(f"mcrg.n_rg_steps={n_rg_steps!r}: must be >= 1")
-        if n_blocks < 2:
-            raise ValueError(f"mcrg.n_blocks={n_blocks!r}: the jackknife needs >= 2 blocks")
-        self.every_n_epochs = int(every_n_epochs)
-        self.n_rg_steps = int(n_rg_steps)
-        self.n_blocks = int(n_blocks)
-        self.n_samples = n_samples
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
+        self.every_n_epochs = checks.integer("mcrg.every_n_epochs", every_n_epochs, 1)
+        self.n_rg_steps = checks.integer("mcrg.n_rg_steps", n_rg_steps, 1)
+        self.n_blocks = checks.integer("mcrg.n_blocks", n_blocks, 1)  # and check_blocks in plan()
+        self.n_samples = (
+            None if n_samples is None else checks.integer("mcrg.n_samples", n_samples, 1)
+        )
+        self.batch_size = checks.integer("mcrg.batch_size", batch_size, 1)
+        self.seed = checks.integer("mcrg.seed", seed, 0)
         self.output_dir = output_dir
-        self.n_cs = tuple(int(n) for n in n_cs)
-        self.panel_epochs = tuple(int(e) for e in panel_epochs)
-        self.filter_images = filter_images
+        self.n_cs = tuple(checks.integer("mcrg.n_cs", n, 1) for n in n_cs)
+        self.panel_epochs = tuple(checks.integer("mcrg.panel_epochs", e, 1) for e in panel_epochs)
+        self.filter_images = checks.flag("mcrg.filter_images", filter_images)
         self.history: list[dict[str, float]] = []
         self.filters: dict[int, torch.Tensor] = {}  # epoch -> filter (cpu), for the Fig. 1 panel
-        # Level-0 interactions of the held-out set: the same every epoch, so measured once.
-        self._level0: tuple[Any, torch.Tensor, torch.Tensor] | None = None
+        # Level-0 interactions of the held-out set: the same every epoch, so measured once per fit
+        # (keyed by the set object itself, which the entry keeps alive).
+        self._level0: tuple[Any, torch.Tensor] | None = None
 
     # ---------------------------------------------------------------------------------------------
     # State: the history survives a resume from a checkpoint.
@@ -129,6 +136,7 @@ class MCRGCallback(pl.Callback):
         return path
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._level0 = None  # a new fit measures its held-out set afresh
         if trainer.is_global_zero and trainer.ckpt_path is None:
             self._refuse_earlier_outputs(Path(self.output_dir or trainer.default_root_dir))
         for logger in trainer.loggers:
@@ -137,63 +145,65 @@ class MCRGCallback(pl.Callback):
                 logger.experiment.define_metric("mcrg/epoch")
                 logger.experiment.define_metric("mcrg/*", step_metric="mcrg/epoch")
 
+    def plan(self, rbm: ConvRBM, L: int, n_configs: int, n_chains: int) -> MCRGPlan:
+        """Check the ``mcrg.*`` settings against a held-out set of ``n_configs`` configurations from
+        ``n_chains`` chains of an L^d lattice and the filter ``rbm``; a ValueError names the setting.
+
+        The one statement of these rules: :func:`rbmrg.training.run.train` calls it with the
+        ``data.*`` settings before anything is sampled, :meth:`measure` with the set it measures.
+        """
+        check_blocks(self.n_blocks, n_chains, ("mcrg.n_blocks", "data.n_chains"))
+        per_chain = n_configs // n_chains
+        used = n_chains
+        if self.n_samples is not None and self.n_samples < n_configs:
+            if self.n_samples % per_chain or self.n_samples // per_chain < self.n_blocks:
+                raise ValueError(
+                    f"mcrg.n_samples={self.n_samples}: MCRG takes whole chains of the held-out "
+                    f"set, {per_chain} configurations each (data.n_val={n_configs} / "
+                    f"data.n_chains={n_chains}), and at least mcrg.n_blocks={self.n_blocks} of "
+                    f"them: use a multiple of {per_chain} from {per_chain * self.n_blocks} up, or "
+                    f"null for all {n_configs}"
+                )
+            used = self.n_samples // per_chain
+        # The current filter is reapplied on every level, as in the paper and in evaluate.py.
+        transform = RGTransform("rbm", rbm.stride, filters=(rbm,))
+        level_sizes(L, transform, self.n_rg_steps)  # refuses an N_r the lattice cannot take
+        return MCRGPlan(used, used * per_chain, transform)
+
     def measure(self, rbm: ConvRBM, val_set: Any, device: torch.device) -> MCRGResult:
-        """MCRG with the filter ``rbm`` on the chain-major held-out set ``val_set``."""
-        spins, n_chains = val_set.spins, int(val_set.n_chains)
-        per_chain = spins.shape[0] // n_chains
-        if self.n_samples is not None and self.n_samples < spins.shape[0]:
-            n_chains = max(min(self.n_blocks, n_chains), self.n_samples // per_chain)
-            spins = spins[: n_chains * per_chain]
-        if n_chains < 2:
-            raise ValueError(
-                f"the held-out set has {n_chains} chain(s): MCRG error bars need >= 2 "
-                "independent chains (raise data.n_chains)"
-            )
-        n_blocks = min(self.n_blocks, n_chains)
-        L = spins.shape[-1]
-        n_rg_steps = max_rg_steps(L, rbm.filter_size, rbm.stride, self.n_rg_steps)
-        if n_rg_steps < 1:
-            raise ValueError(
-                f"filter_size={rbm.filter_size}, stride={rbm.stride}: no RG step fits L={L}"
-            )
+        """MCRG with the filter ``rbm`` (which lives on ``device``) on the chain-major held-out
+        set ``val_set``, by the one MCRG driver :func:`rbmrg.rg.mcrg.run_mcrg`."""
+        spins = val_set.spins
+        plan = self.plan(rbm, spins.shape[-1], spins.shape[0], int(val_set.n_chains))
+        spins = spins[: plan.n_rows]
         generator = torch.Generator(device=device)
         generator.manual_seed(self.seed)
-
-        level0 = self._level0_values(spins, device)
+        sets = default_sets(spins.ndim - 1)  # the lattice's own interactions, 2D or 3D
+        if self._level0 is None or self._level0[0] is not val_set:
+            self._level0 = (val_set, level0_values(spins.to(device), sets, self.batch_size))
+        level0 = self._level0[1]
 
         def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
             start = 0
-            for rows, blocks in chain_major_batches(spins, n_chains, n_blocks, self.batch_size):
+            chunks = chain_major_batches(spins, plan.n_chains, self.n_blocks, self.batch_size)
+            for rows, blocks in chunks:
                 cached = level0[start : start + rows.shape[0]]
                 start += rows.shape[0]
                 yield rows.to(device), blocks.to(device), cached
 
         with warnings.catch_warnings():
-            # Couplings that do not fit the small levels come back as NaN; not news every epoch.
-            warnings.simplefilter("ignore", UserWarning)
+            # Interactions that do not fit the small levels come back as NaN: the same news every
+            # epoch, so that one warning is hidden (singular matrices and empty blocks still show).
+            warnings.simplefilter("ignore", UnfitInteractionsWarning)
             return run_mcrg(
                 batches(),
-                [rbm_transform(rbm)],
-                n_rg_steps,
-                float(rbm.stride),
-                n_blocks=n_blocks,
-                sets=default_sets(spins.ndim - 1),
+                plan.transform.steps(device),
+                self.n_rg_steps,
+                float(plan.transform.scale),
+                n_blocks=self.n_blocks,
+                sets=sets,
                 generator=generator,
             )
-
-    def _level0_values(self, spins: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Level-0 interactions of ``spins`` (float64, on ``device``), measured on the first call.
-
-        Cached for the same data (same memory, shape and version counter, i.e. not modified in
-        place) and device; the cache holds a reference to ``spins`` so that its memory cannot be
-        reused by another tensor while the key is kept.
-        """
-        key = (spins.data_ptr(), tuple(spins.shape), spins._version, str(device))
-        if self._level0 is None or self._level0[0] != key:
-            sets = default_sets(spins.ndim - 1)  # the lattice's own interactions, 2D or 3D
-            values = level0_values(spins.to(device), sets, batch_size=self.batch_size)
-            self._level0 = (key, values, spins)
-        return self._level0[1]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -221,7 +231,8 @@ class MCRGCallback(pl.Callback):
             for n_c in range(1, result.y["even"].shape[1] + 1):
                 row = {
                     "epoch": epoch,
-                    "step": trainer.global_step,
+                    # CD updates (RBMModule counts them; several per Lightning training step).
+                    "step": int(getattr(pl_module, "updates", trainer.global_step)),
                     "n_r": n_r,
                     "n_c": n_c,
                     "y_t": float(result.y["even"][n_r - 1, n_c - 1]),

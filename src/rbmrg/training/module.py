@@ -44,6 +44,8 @@ from rbmrg.training.schedules import Schedule, SqrtDecay
 BACKENDS = ("auto", "torch", "numba")
 #: Checkpoint entry holding the random-generator states (see rng_states).
 RNG_STATES_KEY = "rng_states"
+#: Checkpoint entry holding the number of CD updates made (RBMModule.updates).
+UPDATES_KEY = "cd_updates"
 #: Seed of the generator behind the logged reconstruction cross-entropy: its draws never touch the
 #: generators of the updates, so logging more or less often changes no update.
 _MONITOR_SEED = 20240917
@@ -96,6 +98,8 @@ class RBMModule(pl.LightningModule):
         self._gap_sum: torch.Tensor | None = None  # on-device running sum, no host sync per step
         self._gap_count = 0
         self._scheduler_interval = "step"
+        #: CD updates made so far (Lightning's global_step counts training steps of M updates).
+        self.updates = 0
         # training_step makes one optimizer step per minibatch of a chunk of several.
         self.automatic_optimization = False
 
@@ -170,10 +174,12 @@ class RBMModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """M consecutive CD-k updates, one per minibatch of the chunk ``batch`` (m, batch, L, ...).
 
-        Each update is exactly what one automatic-optimization step was: the CD loss, its backward
-        pass (gradients averaged over ranks under DDP), one Adam step, then the learning rate of the
-        next update. Only the framework's per-step work is shared by the M updates of a chunk. A
-        plain minibatch ``(batch, L, ...)`` is a chunk of one.
+        Each update is exactly what one optimizer step of the paper's loop is: the CD loss, its
+        gradient (averaged over ranks under DDP), one Adam step, then the learning rate of the next
+        update. The chunk runs inside *one* Lightning optimizer step (its closure), so the framework's
+        per-step work (hooks, loop bookkeeping, logging) is paid once per M updates: Lightning's
+        ``global_step`` counts training steps, :attr:`updates` counts CD updates. A plain minibatch
+        ``(batch, L, ...)`` is a chunk of one.
         """
         chunk = batch[0] if isinstance(batch, list | tuple) else batch
         chunk = chunk.to(self.rbm.weight.dtype)
@@ -181,15 +187,15 @@ class RBMModule(pl.LightningModule):
             chunk = chunk.unsqueeze(0)
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
-        gaps = []
-        for spins in chunk:
-            optimizer.zero_grad()
-            loss = self.contrastive_divergence(spins)
-            self.manual_backward(loss)
-            optimizer.step()
-            if scheduler is not None and self._scheduler_interval == "step":
-                scheduler.step()
-            gaps.append(loss.detach())
+        gaps: list[torch.Tensor] = []
+
+        def run_chunk() -> None:
+            for spins in chunk:
+                gaps.append(self._update(spins, optimizer.optimizer, scheduler))
+            # The optimizer step that wraps this closure then finds no gradient and changes nothing.
+            optimizer.optimizer.zero_grad(set_to_none=True)
+
+        optimizer.step(closure=run_chunk)
         gap = torch.stack(gaps)
         self._gap_sum = gap.sum() if self._gap_sum is None else self._gap_sum + gap.sum()
         self._gap_count += len(gaps)
@@ -199,11 +205,28 @@ class RBMModule(pl.LightningModule):
                 "train/reconstruction_cross_entropy": self.reconstruction_cross_entropy(chunk[-1]),
                 "train/filter_norm": self.rbm.weight.detach().norm(),
                 "train/lr": optimizer.param_groups[0]["lr"],
+                "train/updates": float(self.updates),
             },
             on_step=True,
             on_epoch=False,
         )
         return gap.mean()
+
+    def _update(
+        self, spins: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any
+    ) -> torch.Tensor:
+        """One CD-k update on the minibatch ``spins``; returns the free-energy gap."""
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.contrastive_divergence(spins)
+        if self.trainer.world_size > 1:
+            self.manual_backward(loss)  # Lightning re-arms DDP's gradient averaging for each one
+        else:
+            loss.backward()
+        optimizer.step()
+        if scheduler is not None and self._scheduler_interval == "step":
+            scheduler.step()
+        self.updates += 1
+        return loss.detach()
 
     def on_train_epoch_end(self) -> None:
         scheduler = self.lr_schedulers()
@@ -248,6 +271,7 @@ class RBMModule(pl.LightningModule):
         if self.chains is not None:
             checkpoint["persistent_chains"] = self.chains.detach().cpu()
         checkpoint[RNG_STATES_KEY] = rng_states()
+        checkpoint[UPDATES_KEY] = self.updates
         # The running sum behind train/free_energy_gap_epoch, so that an epoch interrupted and
         # resumed logs the same mean as an uninterrupted one.
         gap_sum = None if self._gap_sum is None else self._gap_sum.detach().cpu().clone()
@@ -260,6 +284,7 @@ class RBMModule(pl.LightningModule):
         gap_sum = running.get("sum")
         self._gap_sum = None if gap_sum is None else gap_sum.to(self.rbm.weight.device)
         self._gap_count = int(running.get("count", 0))
+        self.updates = int(checkpoint.get(UPDATES_KEY, checkpoint.get("global_step", 0)))
         states = checkpoint.get(RNG_STATES_KEY)
         if states is None:
             rank_zero_warn(

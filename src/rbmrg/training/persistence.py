@@ -81,14 +81,19 @@ class StepCheckpoint(pl.Callback):
         self.every_n_train_steps = every_n_train_steps
         self._steps_before = 0
 
+    @staticmethod
+    def _updates(trainer, pl_module) -> int:
+        # RBMModule counts CD updates itself (several per training step); otherwise optimizer steps.
+        return int(getattr(pl_module, "updates", trainer.global_step))
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._steps_before = trainer.global_step
+        self._steps_before = self._updates(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx + 1 >= trainer.num_training_batches:
             return
         n = self.every_n_train_steps
-        if trainer.global_step // n > self._steps_before // n:
+        if self._updates(trainer, pl_module) // n > self._steps_before // n:
             trainer.save_checkpoint(self.dirpath / "last.ckpt")
 
 
