@@ -1,6 +1,9 @@
-"""MCRGCallback: exponents during training, its history and state, and the figures."""
+"""MCRGCallback: exponents during training, its history and state, the figures, and the rules for
+its settings (the same as evaluate.py's: rbmrg.rg.mcrg.check_blocks, rbmrg.rg.transforms.level_sizes)."""
 
 import csv
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -10,10 +13,12 @@ import torch
 from rbmrg import plots
 from rbmrg.lattice.model import IsingModel
 from rbmrg.lattice.sampling import draw_samples
+from rbmrg.rg import mcrg
 from rbmrg.rg.mcrg import chain_major_batches, run_mcrg
 from rbmrg.rg.rbm import ConvRBM
 from rbmrg.rg.transforms import majority
-from rbmrg.training.callbacks import MCRGCallback, max_rg_steps
+from rbmrg.training import callbacks as callbacks_module
+from rbmrg.training.callbacks import MCRGCallback
 from rbmrg.training.module import RBMModule
 from rbmrg.training.schedules import Constant
 
@@ -25,17 +30,98 @@ def critical_16():
 
 
 @pytest.mark.parametrize(
-    "L, filter_size, stride, wanted, expected",
+    "L, filter_size, stride, n_rg_steps, refused",
     [
-        (32, 8, 2, 2, 2),
-        (32, 8, 2, 5, 3),  # 32 -> 16 -> 8 -> 4; the filter no longer fits a 4x4 level
-        (8, 4, 2, 2, 1),  # a 2x2 level is too small for MCRG
-        (16, 16, 2, 2, 1),  # the filter does not fit the 8x8 level
-        (27, 3, 3, 3, 2),  # 27 -> 9 -> 3
+        (32, 8, 2, 2, None),
+        (32, 8, 2, 3, None),  # 32 -> 16 -> 8 -> 4
+        (32, 8, 2, 4, "the 8x8 filter does not fit level 3 (L=4)"),
+        (8, 4, 2, 2, "one more step would leave a 2-site level"),
+        (16, 16, 2, 2, "the 16x16 filter does not fit level 1 (L=8)"),
+        (36, 3, 3, 3, "level 2 has L=4, not divisible by the scale factor b=3"),  # 36 -> 12 -> 4
     ],
 )
-def test_max_rg_steps(L, filter_size, stride, wanted, expected):
-    assert max_rg_steps(L, filter_size, stride, wanted) == expected
+def test_an_n_rg_steps_the_lattice_cannot_take_is_refused_not_cut(
+    L, filter_size, stride, n_rg_steps, refused
+):
+    """The callback's RG levels are evaluate's (rbmrg.rg.transforms.level_sizes), named settings."""
+    callback = MCRGCallback(n_rg_steps=n_rg_steps)
+    rbm = ConvRBM(filter_size=filter_size, stride=stride)
+    if refused is None:
+        assert callback.plan(rbm, L, n_configs=2000, n_chains=40).n_chains == 40
+        return
+    with pytest.raises(ValueError, match=rf"data.L={L} with mcrg.n_rg_steps={n_rg_steps}: "):
+        callback.plan(rbm, L, n_configs=2000, n_chains=40)
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        callback.plan(rbm, L, n_configs=2000, n_chains=40)
+
+
+@pytest.mark.parametrize(
+    "n_blocks, n_samples, expected",
+    [
+        (20, None, (40, 2000)),
+        (20, 5000, (40, 2000)),  # at most the whole set (experiment=ising3d shares n_samples)
+        (20, 1000, (20, 1000)),  # 20 whole chains of 50
+        (20, 1010, "mcrg.n_samples=1010: MCRG takes whole chains"),
+        (20, 500, "mcrg.n_samples=500: MCRG takes whole chains"),  # 10 chains for 20 blocks
+        (20, 5, "mcrg.n_samples=5: MCRG takes whole chains"),  # was quietly raised
+        (50, None, "mcrg.n_blocks=50 > data.n_chains=40"),  # was cut to 40
+        (10, None, "mcrg.n_blocks=10: use at least 20"),
+    ],
+)
+def test_blocks_and_samples_follow_evaluates_rules(n_blocks, n_samples, expected):
+    callback = MCRGCallback(n_rg_steps=1, n_blocks=n_blocks, n_samples=n_samples)
+    rbm = ConvRBM(filter_size=4, stride=2)
+    if isinstance(expected, tuple):
+        plan = callback.plan(rbm, 16, n_configs=2000, n_chains=40)
+        assert (plan.n_chains, plan.n_rows) == expected
+        return
+    with pytest.raises(ValueError, match=expected):
+        callback.plan(rbm, 16, n_configs=2000, n_chains=40)
+
+
+def test_only_the_unfit_interactions_warning_is_hidden(critical_16, monkeypatch):
+    """Singular matrices and empty blocks must reach the user; 'do not fit' is the same every epoch."""
+
+    def noisy_run_mcrg(*args, **kwargs):
+        warnings.warn(
+            "MCRG even: interactions do not fit", mcrg.UnfitInteractionsWarning, stacklevel=1
+        )
+        warnings.warn("MCRG even: singular A matrix", mcrg.SingularWarning, stacklevel=1)
+        warnings.warn("MCRG: jackknife blocks [3] received no samples", stacklevel=1)
+        return run_mcrg(*args, **kwargs)
+
+    monkeypatch.setattr(callbacks_module, "run_mcrg", noisy_run_mcrg)
+    rbm = ConvRBM(filter_size=2, stride=2, init_scale=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        MCRGCallback(n_rg_steps=1).measure(rbm, critical_16, torch.device("cpu"))
+    messages = [str(w.message) for w in caught]
+    assert not any("do not fit" in m for m in messages)
+    assert any("singular A matrix" in m for m in messages)
+    assert any("received no samples" in m for m in messages)
+
+
+def test_level0_is_measured_once_per_set_and_fit(critical_16, monkeypatch, tmp_path):
+    calls = []
+    real = callbacks_module.level0_values
+
+    def counting(spins, *args, **kwargs):
+        calls.append(spins.shape[0])
+        return real(spins, *args, **kwargs)
+
+    monkeypatch.setattr(callbacks_module, "level0_values", counting)
+    rbm = ConvRBM(filter_size=2, stride=2, init_scale=0.1)
+    callback = MCRGCallback(n_rg_steps=1, output_dir=str(tmp_path))
+    first = callback.measure(rbm, critical_16, torch.device("cpu"))
+    again = callback.measure(rbm, critical_16, torch.device("cpu"))
+    assert len(calls) == 1  # the same set: cached
+    np.testing.assert_array_equal(first.y["even"], again.y["even"])  # and bit-identical
+    copy = type(critical_16)(**vars(critical_16))  # equal content, another set
+    callback.measure(rbm, copy, torch.device("cpu"))
+    assert len(calls) == 2
+    callback.on_fit_start(pl.Trainer(logger=False, enable_progress_bar=False), None)
+    callback.measure(rbm, copy, torch.device("cpu"))
+    assert len(calls) == 3  # a new fit measures afresh
 
 
 def test_an_infinite_2x2_filter_measures_the_majority_rule(critical_16):
@@ -44,11 +130,11 @@ def test_an_infinite_2x2_filter_measures_the_majority_rule(critical_16):
     rbm = ConvRBM(filter_size=2, stride=2, init_scale=0.0)
     with torch.no_grad():
         rbm.weight.fill_(50.0)
-    callback = MCRGCallback(n_rg_steps=1, n_blocks=10)
+    callback = MCRGCallback(n_rg_steps=1, n_blocks=20)
     result = callback.measure(rbm, critical_16, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
-    batches = chain_major_batches(critical_16.spins, critical_16.n_chains, 10)
-    reference = run_mcrg(batches, [majority(2)], 1, 2.0, n_blocks=10, generator=generator)
+    batches = chain_major_batches(critical_16.spins, critical_16.n_chains, 20)
+    reference = run_mcrg(batches, [majority(2)], 1, 2.0, n_blocks=20, generator=generator)
     for n_c in range(3):  # the couplings that fit the 8x8 level
         y, err = result.y["even"][0, n_c], result.err["even"][0, n_c]
         assert abs(y - reference.y["even"][0, n_c]) < 3 * err + 1e-3
@@ -98,7 +184,7 @@ def fit(callback, samples, tmp_path, epochs, ckpt_path=None):
 
 
 def test_callback_logs_history_writes_csv_and_figures(critical_16, tmp_path):
-    callback = MCRGCallback(every_n_epochs=2, n_rg_steps=2, n_blocks=10, output_dir=str(tmp_path))
+    callback = MCRGCallback(every_n_epochs=2, n_rg_steps=2, n_blocks=20, output_dir=str(tmp_path))
     trainer = fit(callback, critical_16, tmp_path, epochs=3)
     # Measured at epoch 2 (interval) and 3 (the last); N_r = 1, 2 on 16 -> 8 -> 4, N_c = 1..7 each.
     assert sorted({row["epoch"] for row in callback.history}) == [2, 3]
@@ -120,9 +206,9 @@ def test_callback_logs_history_writes_csv_and_figures(critical_16, tmp_path):
 
 
 def test_history_survives_state_dict_round_trip(critical_16, tmp_path):
-    callback = MCRGCallback(n_rg_steps=1, n_blocks=10, output_dir=str(tmp_path))
+    callback = MCRGCallback(n_rg_steps=1, n_blocks=20, output_dir=str(tmp_path))
     fit(callback, critical_16, tmp_path, epochs=1)
-    fresh = MCRGCallback(n_rg_steps=1, n_blocks=10)
+    fresh = MCRGCallback(n_rg_steps=1, n_blocks=20)
     fresh.load_state_dict(callback.state_dict())
     # (Equal as lists even with NaN entries: the rows hold the very same float objects.)
     assert fresh.history == callback.history and fresh.history is not callback.history

@@ -44,7 +44,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     overrides = [
         "experiment=smoke", "logger=none", "data.L=8", "data.n_train=200", "data.n_val=400",
         "data.n_chains=20", "data.n_thermalize=20", "data.progress=false",
-        "model.filter_size=4", "mcrg.n_blocks=10", "trainer.max_epochs=1",
+        "model.filter_size=4", "mcrg.n_blocks=20", "mcrg.n_rg_steps=1", "trainer.max_epochs=1",
         "optimized_metric=mcrg/y_t/nr1_nc3", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     completed = subprocess.run(

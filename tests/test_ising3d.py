@@ -469,11 +469,11 @@ def test_an_infinite_2x2x2_filter_measures_the_majority_rule(critical_8):
     rbm = ConvRBM(filter_size=2, stride=2, init_scale=0.0, dim=3)
     with torch.no_grad():
         rbm.weight.fill_(50.0)
-    result = MCRGCallback(n_rg_steps=1, n_blocks=10).measure(rbm, critical_8, torch.device("cpu"))
+    result = MCRGCallback(n_rg_steps=1, n_blocks=20).measure(rbm, critical_8, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
-    batches = chain_major_batches(critical_8.spins, critical_8.n_chains, 10)
+    batches = chain_major_batches(critical_8.spins, critical_8.n_chains, 20)
     reference = run_mcrg(
-        batches, [majority(2)], 1, 2.0, n_blocks=10, sets=default_sets(3), generator=generator
+        batches, [majority(2)], 1, 2.0, n_blocks=20, sets=default_sets(3), generator=generator
     )
     for name, n_fit in (("even", 5), ("odd", 3)):  # what fits the 4^3 level
         y, err = result.y[name][0, :n_fit], result.err[name][0, :n_fit]
@@ -508,7 +508,7 @@ def test_training_on_the_cubic_lattice_logs_3d_exponents_and_figures(critical_8,
     pl.seed_everything(0)
     module = RBMModule(filter_size=2, stride=2, init_scale=0.05, dim=3, backend="auto")
     module.schedule = Constant(1e-2)
-    callback = MCRGCallback(n_rg_steps=1, n_blocks=10, output_dir=str(tmp_path))
+    callback = MCRGCallback(n_rg_steps=1, n_blocks=20, output_dir=str(tmp_path))
     trainer = pl.Trainer(
         max_epochs=2,
         logger=False,

@@ -198,6 +198,7 @@ class MCRGAccumulator:
             warnings.warn(
                 f"MCRG {set_name}: interactions do not fit the lattice at (N_r, N_c) = {bad} "
                 f"(level sizes {self.lattice_sizes}); reported as NaN",
+                UnfitInteractionsWarning,
                 stacklevel=2,
             )
         with warnings.catch_warnings():
@@ -315,6 +316,10 @@ def _entries(where: np.ndarray) -> list[tuple[int, int]]:
 
 class SingularWarning(UserWarning):
     """An MCRG entry could not be computed (singular A or no real positive eigenvalue)."""
+
+
+class UnfitInteractionsWarning(UserWarning):
+    """Some interactions do not fit a level's lattice: those (N_r, N_c) entries are NaN."""
 
 
 def leading_exponent(a: np.ndarray, b: np.ndarray, scale: float, odd: bool = False) -> float:

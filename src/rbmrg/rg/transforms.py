@@ -157,7 +157,13 @@ def learned(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike] | None) -
         )
     paths = [ckpt_path] if isinstance(ckpt_path, str | os.PathLike) else list(ckpt_path)
     paths = [str(path) for path in paths]
-    filters = tuple(load_rbm(path) for path in paths)
+    filters = []
+    for path in paths:
+        try:
+            filters.append(load_rbm(path))
+        except ValueError as error:  # also a missing file (MissingCheckpointError)
+            raise type(error)(f"ckpt_path={path}: {error}") from None
+    filters = tuple(filters)
     strides = {f.stride for f in filters}
     if len(strides) != 1:
         raise ValueError(

@@ -5,9 +5,15 @@ a composed config. The order of work is what makes a run safe to start:
 
 1. hold the output directory (:func:`rbmrg.runs.hold_output_dir`): a directory that holds another run
    is refused, unless this run resumes it in place;
-2. check every setting and the checkpoint to resume from (:func:`check_checkpoint`), so a bad setting
-   or a checkpoint that does not fit fails with an error naming it *before* any Monte Carlo sampling;
-3. seed, build data module, model, callbacks, logger and trainer with ``hydra.utils.instantiate``;
+2. check every setting and the checkpoint to resume from, so a bad setting or a checkpoint that does
+   not fit fails with a ValueError naming it (``model.persistent='maybe'``) *before* any Monte Carlo
+   sampling: :func:`check_settings` (the settings no constructor owns), :func:`check_checkpoint`,
+   :func:`check_optimized_metric`, the constructors of data module, model and callbacks (each checks
+   its own settings), the MCRG plan against the data (:meth:`MCRGCallback.plan`) and the memory the
+   sample sets need (:func:`check_memory`);
+3. seed, build data module, model, callbacks, logger and trainer with ``hydra.utils.instantiate``
+   (a setting refused by a constructor comes out as that constructor's ValueError, not Hydra's
+   wrapper);
 4. fit, and hand back the trainer's final metrics.
 
 :func:`task_wrapper` closes the loggers whatever happens (``wandb.finish()``, so every multirun job is
@@ -30,12 +36,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from rbmrg import runs
+from rbmrg import checks, runs
 from rbmrg.checkpoint import read_checkpoint
+from rbmrg.training.callbacks import MCRGCallback
 from rbmrg.training.persistence import (
     AtomicCheckpointIO,
     FlushLoggersAtCheckpoint,
@@ -75,27 +83,33 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     ``cfg.output_dir`` is this run's directory and ``cfg.ckpt_path`` an optional checkpoint to resume
     from; a checkpoint inside ``output_dir`` resumes the run in place (its loggers continue).
     """
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
     output_dir = Path(cfg.output_dir)
     ckpt_path = cfg.get("ckpt_path")
     claim = runs.hold_output_dir(output_dir, resume_from=ckpt_path, setting=_dir_setting())
     try:
         # Everything below up to `fit` samples nothing: bad settings fail here, naming the setting.
+        check_settings(cfg)
+        if cfg.get("threads") is not None:
+            torch.set_num_threads(int(cfg.threads))
         checkpoint = check_checkpoint(cfg)
         check_optimized_metric(cfg)
         pl.seed_everything(cfg.seed, workers=True)
-        datamodule = instantiate(cfg.data)  # checks the lattice and sampler settings
-        model = instantiate(cfg.model, schedule=instantiate(cfg.schedule))
+        datamodule = build(cfg.data)  # checks the lattice, sampler and cache settings
+        model = build(cfg.model, schedule=build(cfg.schedule))
         model.check_lattice(cfg.data.L, cfg.data.dim)
         callbacks = [*instantiate_callbacks(cfg), FlushLoggersAtCheckpoint()]
+        for callback in callbacks:
+            if isinstance(callback, MCRGCallback):  # N_r, jackknife blocks, n_samples vs the data
+                callback.plan(model.rbm, cfg.data.L, cfg.data.n_val, cfg.data.n_chains)
         logger = instantiate_logger(cfg, checkpoint, continue_run=claim.resumed)
-        trainer = instantiate(
+        trainer = build(
             cfg.trainer,
             callbacks=callbacks,
             logger=logger or False,
             plugins=[AtomicCheckpointIO()],
         )
+        check_backend(cfg.model, cfg.data.dim, trainer.strategy.root_device)
+        check_memory(cfg.data, trainer.strategy.root_device, trainer.num_devices)
         if logger:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -136,6 +150,114 @@ def get_metric_value(
 
 # -------------------------------------------------------------------------------------------------
 # Checks made before any sampling
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The settings that no constructor checks: ``seed``, ``threads``, ``trainer.max_epochs``, and
+    the model's ``persistent`` flag and Adam ``betas`` (checked here, before the model is built)."""
+    checks.integer("seed", cfg.get("seed"), 0, 2**32 - 1)  # what numpy's seed accepts
+    if cfg.get("threads") is not None:
+        checks.integer("threads", cfg.threads, 1)
+    # Lightning reads -1 as "forever" and 0 as "no training": neither is a run.
+    checks.integer("trainer.max_epochs", cfg.trainer.get("max_epochs"), 1)
+    checks.flag("model.persistent", cfg.model.get("persistent", False))
+    betas = cfg.model.get("betas", (0.9, 0.999))
+    values = list(betas) if isinstance(betas, ListConfig | list | tuple) else [betas]
+    if len(values) != 2 or not all(
+        isinstance(beta, int | float) and not isinstance(beta, bool) and 0 <= beta < 1
+        for beta in values
+    ):
+        raise ValueError(
+            f"model.betas={values if len(values) > 1 else betas!r}: Adam's (beta1, beta2) must be "
+            "two numbers in [0, 1)"
+        )
+
+
+def check_backend(model: DictConfig, dim: int, training_device: torch.device) -> None:
+    """``model.backend=numba`` (the fused CD kernel) needs a 2D lattice and CPU training: refused
+    here, not at the first update after sampling (``auto`` picks torch where numba cannot run)."""
+    backend = model.get("backend", "torch")
+    if backend == "numba" and (int(dim) != 2 or training_device.type != "cpu"):
+        raise ValueError(
+            f"model.backend={backend!r}: the fused CD kernel runs on 2D lattices on the CPU only, "
+            f"here data.dim={dim} on {training_device}; use model.backend=auto or torch"
+        )
+
+
+def sample_set_bytes(data: DictConfig, training_device: torch.device) -> dict[str, int]:
+    """Bytes the sample sets of ``data`` hold, by where they lie: ``{"host": ..., "device": ...}``.
+
+    Both sets are kept as int8 spins, ``(n_train + n_val) L^d`` bytes, and the training set is
+    copied once more as float32 onto the training device, ``4 n_train L^d`` bytes (on the host when
+    training on the CPU). A lower bound: loading a cached set checks it with short-lived copies.
+    """
+    sites = int(data.L) ** int(data.dim)
+    spins = (int(data.n_train) + int(data.n_val)) * sites
+    copy = 4 * int(data.n_train) * sites
+    if training_device.type == "cpu":
+        return {"host": spins + copy, "device": 0}
+    return {"host": spins, "device": copy}
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still get: MemAvailable (``/proc/meminfo``, else
+    ``os.sysconf``), lowered to the free part of a cgroup v2 limit (a SLURM job's, a container's);
+    None where the platform tells neither."""
+    available = None
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def check_memory(data: DictConfig, training_device: torch.device, processes: int = 1) -> None:
+    """Refuse, naming ``data.L`` and the figure, sample sets that cannot fit in memory.
+
+    ``processes`` is the number of training processes on this machine (DDP: each holds both sets).
+    Skipped, with a note, where the platform does not tell the available memory.
+    """
+    need = sample_set_bytes(data, training_device)
+    host = need["host"] * max(1, int(processes))
+    what = (
+        f"(data.n_train={data.n_train} + data.n_val={data.n_val}) x {data.L}^{data.dim} int8 "
+        f"spins plus a float32 copy of the training set on {training_device}"
+    )
+    available = available_memory()
+    if available is None:
+        log.info(f"memory check skipped (the platform does not tell available memory): {what}")
+    elif host > available:
+        raise ValueError(
+            f"data.L={data.L}: the sample sets need at least {_gib(host)} of memory, {what}"
+            f"{f' in each of {processes} processes' if processes > 1 else ''}, more than the "
+            f"{_gib(available)} available on this machine; lower data.L, data.n_train or data.n_val"
+        )
+    if need["device"] and training_device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(training_device)
+        if need["device"] > free:
+            raise ValueError(
+                f"data.L={data.L}: the float32 training set needs {_gib(need['device'])} on "
+                f"{training_device}, more than its {_gib(free)} free; lower data.L or data.n_train"
+            )
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB"
 
 
 def check_checkpoint(cfg: DictConfig) -> dict[str, Any] | None:
@@ -229,6 +351,17 @@ def _enabled(node: Any) -> bool:
     return isinstance(node, Mapping | DictConfig) and "_target_" in node
 
 
+def build(node: Any, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``; a constructor's own error (a ValueError naming the setting)
+    comes out as it was raised, not inside Hydra's InstantiationException."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ValueError):
+            raise error.__cause__ from None
+        raise
+
+
 def instantiate_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """``cfg.callbacks`` (each entry with a ``_target_``) plus the MCRG callback ``cfg.mcrg``.
 
@@ -243,7 +376,7 @@ def instantiate_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         if not _enabled(node):
             log.info(f"{name} has no _target_ (its group is switched off): skipped")
             continue
-        callbacks.append(instantiate(node))
+        callbacks.append(build(node))
     return callbacks
 
 
