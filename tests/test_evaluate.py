@@ -22,6 +22,7 @@ from rbmrg import evaluation
 from rbmrg.checkpoint import load_rbm, save_filter
 from rbmrg.rg.interactions import EVEN
 from rbmrg.rg.rbm import ConvRBM
+from rbmrg.training.data import IsingDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,6 +128,17 @@ def write_garbage(path: Path) -> Path:
         (["transform=majority", "data.seed=-1"], "data.seed=-1"),
         (["transform=majority", "mcrg.batch_size=0"], "mcrg.batch_size=0"),
         (["transform=majority", "data.algorithm=metropolis-msc", "data.dim=3"], "dim=3"),
+        (["transform=majority", "data.dim=3", "data.n_between=auto"], "data.n_between=auto"),
+        (["transform=majority", "data.device=gpu"], "data.device='gpu'"),
+        (["transform=majority", "data.n_thermalize=some"], "data.n_thermalize='some'"),
+        (["transform=majority", "mcrg.even_set=table1"], "mcrg.even_set='table1'"),
+        (["transform=majority", "mcrg.even_set=[nn,magnetization]"], "are not even"),
+        (["transform=majority", "mcrg.even_set=[nn,diag,nn]"], "listed twice"),
+        (["transform=majority", "mcrg.odd_set=distance"], "mcrg.odd_set='distance'"),
+        (["transform=majority", "data.dim=3", "mcrg.even_set=[nn,diag]"], "mcrg.even_set"),
+        (["transform=majority", "mcrg.couplings=yes"], "mcrg.couplings='yes'"),
+        (["transform=majority", "mcrg.couplings_samples=0"], "mcrg.couplings_samples=0"),
+        (["transform=majority", "mcrg.couplings_samples=39"], "mcrg.couplings_samples=39"),
     ],
 )
 def test_bad_settings_are_named_before_sampling(tmp_path, no_sampling, overrides, message):
@@ -254,3 +266,139 @@ def test_load_rbm_missing_and_unreadable(tmp_path):
         load_rbm(tmp_path / "nothing.pt")
     with pytest.raises(ValueError, match="garbage.pt"):
         load_rbm(write_garbage(tmp_path / "garbage.pt"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Interaction sets, renormalized couplings and "auto" sampling settings
+
+
+def test_the_order_of_the_even_set_changes_only_intermediate_n_c(tmp_path):
+    """mcrg.even_set=distance puts (2,0) third instead of the plaquette: N_c = 3 changes, N_c = 1
+    and 2 (the same interactions in the same order, same seeds) are bit-identical, and N_c = 7
+    (the same seven interactions, permuted) is equal up to rounding: T = A^-1 B of a permuted set
+    is the same matrix permuted, but LAPACK's pivots, and so its last bits, follow the order."""
+    common = ["transform=majority", *TINY, "mcrg.n_rg_steps=1", "mcrg.couplings=false"]
+    (tmp_path / "span").mkdir()
+    (tmp_path / "distance").mkdir()
+    span = evaluation.evaluate(config(*common), tmp_path / "span")
+    distance = evaluation.evaluate(config(*common, "mcrg.even_set=distance"), tmp_path / "distance")
+    assert span["even_set"][:3] == ["nn", "diag", "plaquette"]
+    assert distance["even_set"][:3] == ["nn", "diag", "third"]
+    assert sorted(span["even_set"]) == sorted(distance["even_set"])
+    y_span, y_distance = span["y_t"][0], distance["y_t"][0]
+    assert y_span[:2] == y_distance[:2]  # bit-identical
+    assert y_span[6] == pytest.approx(y_distance[6], rel=1e-12, abs=0)
+    assert abs(y_span[2] - y_distance[2]) > 1e-6
+    assert span["y_h"] == distance["y_h"]  # the odd set is the same
+    assert span["level0"][2]["name"] == "plaquette" and distance["level0"][2]["name"] == "third"
+
+
+def test_a_list_of_names_is_a_set(tmp_path):
+    cfg = config("transform=majority", *TINY, "mcrg.n_rg_steps=1", "mcrg.even_set=[nn,third]",
+                 "mcrg.odd_set=[magnetization,row3]", "mcrg.couplings_samples=1000")  # fmt: skip
+    record = evaluation.evaluate(cfg, tmp_path)
+    assert record["even_set"] == ["nn", "third"] and record["odd_set"] == ["magnetization", "row3"]
+    assert [len(row) for row in record["y_t"]] == [2] and [len(row) for row in record["y_h"]] == [2]
+    assert record["couplings_set"] == ["nn", "third"] and record["couplings_samples"] == 1000
+    assert [len(row) for row in record["couplings"]] == [2, 2]
+
+
+@pytest.mark.parametrize("coupling", [0.3, None])
+def test_level0_couplings_are_the_nearest_neighbour_model(tmp_path, coupling):
+    """Exact: configurations of e^{K S_nn} give K_nn = K and every other coupling 0 on level 0
+    (majority rule, Wolff at K = 0.3 and K_c, spaced by its tau_int), each within 4 jackknife
+    errors and chi^2 below its 99.9% point for 7 degrees of freedom (fixed seeds)."""
+    K = "null" if coupling is None else coupling
+    cfg = config("transform=majority", *TINY, "mcrg.n_samples=4000", f"data.coupling={K}",
+                 "data.n_thermalize=auto", "data.n_between=auto")  # fmt: skip
+    record = evaluation.evaluate(cfg, tmp_path)
+    names = record["couplings_set"]
+    assert names == record["even_set"] and record["couplings_samples"] == 4000
+    assert record["lattice_sizes"] == [16, 8, 4]
+    level0, err0 = record["couplings"][0], record["couplings_err"][0]
+    assert all(0 < e < 0.01 for e in err0)
+    exact = [record["coupling"]] + [0.0] * 6
+    pulls = [(v - k) / e for v, k, e in zip(level0, exact, err0, strict=True)]
+    assert all(abs(pull) < 4 for pull in pulls), dict(zip(names, pulls, strict=True))
+    assert sum(pull**2 for pull in pulls) < 24.3
+    # Level 1 (8x8) is a renormalized Hamiltonian: K_nn moves, K_diag > 0 (majority rule).
+    assert record["couplings"][1][1] > 4 * record["couplings_err"][1][1]
+    # Level 2 (4x4) cannot hold the span-2 interactions: NaN, said so before sampling.
+    assert all(math.isnan(v) for v in record["couplings"][2])
+    assert any(w.startswith("couplings: interactions") for w in record["warnings"])
+    data = json.loads((tmp_path / "mcrg.json").read_text())
+    assert data["couplings"][2] == [None] * 7 and data["couplings"][0] == level0
+    table = (tmp_path / "table1.md").read_text()
+    assert "Renormalized couplings K^(n)" in table and "| 0 | 16 | " in table
+
+
+def test_couplings_leave_the_exponents_bit_identical(tmp_path):
+    """The couplings consumer sees the levels MCRG sees and draws no random numbers."""
+    common = ["transform=majority", *TINY, "mcrg.n_rg_steps=1"]
+    (tmp_path / "on").mkdir()
+    (tmp_path / "off").mkdir()
+    on = evaluation.evaluate(config(*common, "mcrg.couplings_samples=1000"), tmp_path / "on")
+    off = evaluation.evaluate(config(*common, "mcrg.couplings=false"), tmp_path / "off")
+    for key in ("y_t", "y_t_err", "y_h", "y_h_err", "level0"):
+        assert on[key] == off[key], key
+    assert on["couplings_samples"] == 1000 and off["couplings"] is None
+    # The first 1000 configurations: 25 whole sweeps of the 40 chains; a count between two
+    # sweeps is rounded down to whole sweeps.
+    plan = evaluation.make_plan(config(*common, "mcrg.couplings_samples=1010"))
+    assert plan.couplings_samples == 1000
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto resolves to CUDA here")
+def test_auto_resolves_to_the_cpu_settings_of_table1():
+    """On a machine without a GPU the defaults are today's: Wolff, 200 + 4 sweeps at L = 32."""
+    plan = evaluation.make_plan(config("transform=majority"))
+    sampler = plan.sampler
+    assert (sampler["device"], sampler["algorithm"]) == ("cpu", "wolff")
+    assert (sampler["n_thermalize"], sampler["n_between"]) == (200, 4)
+    assert sampler["auto"] == ["device", "algorithm", "n_thermalize", "n_between"]
+    plan = evaluation.make_plan(config("transform=majority", "data.L=64"))
+    assert (plan.sampler["n_thermalize"], plan.sampler["n_between"]) == (800, 4)
+    # Explicit values win, each on its own.
+    plan = evaluation.make_plan(
+        config("transform=majority", "data.algorithm=metropolis-msc", "data.n_between=7")
+    )
+    assert plan.sampler["algorithm"] == "metropolis-msc"
+    assert (plan.sampler["n_thermalize"], plan.sampler["n_between"]) == (978, 7)
+    assert plan.sampler["auto"] == ["device", "n_thermalize"] and not plan.notes
+
+
+@pytest.fixture
+def pretend_cuda(monkeypatch):
+    """A machine with a GPU, as far as the resolution of "auto" can tell (nothing runs on it)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_auto_picks_the_fused_sampler_and_its_spacing_on_a_gpu(pretend_cuda, no_sampling):
+    pytest.importorskip("triton")
+    plan = evaluation.make_plan(config("transform=majority"))
+    assert plan.device.type == "cuda"
+    assert plan.sampler["algorithm"] == "metropolis-fused"
+    assert (plan.sampler["n_thermalize"], plan.sampler["n_between"]) == (978, 79)
+    # An explicit spacing under an automatic algorithm is kept, but said to be too short.
+    plan = evaluation.make_plan(config("transform=majority", "data.n_between=4"))
+    assert plan.sampler["n_between"] == 4
+    assert any("data.algorithm=auto chose 'metropolis-fused'" in note for note in plan.notes)
+    # The data module resolves the same way (training data on the GPU by the same rule).
+    data = IsingDataModule(algorithm="auto", n_thermalize="auto", n_between="auto",
+                           device="auto", n_train=1000, n_val=1000, data_dir=None)  # fmt: skip
+    assert data.sampling_device.type == "cuda" and data.algorithm == "metropolis-fused"
+    assert (data.n_thermalize, data.n_between) == (978, 79)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto resolves to CUDA here")
+def test_auto_in_the_data_module_keeps_the_cache_keys_on_the_cpu(tmp_path):
+    """data.algorithm=auto, data.n_between=auto, data.device=auto on the CPU: the cached training
+    sets of every earlier run (Wolff, n_between 4) are found again."""
+    explicit = IsingDataModule(data_dir=str(tmp_path))
+    auto = IsingDataModule(
+        algorithm="auto", n_between="auto", device="auto", data_dir=str(tmp_path)
+    )
+    assert auto.settings(10_000, 0) == explicit.settings(10_000, 0)
+    assert auto.cache_path(10_000, 0) == explicit.cache_path(10_000, 0)
+    with pytest.raises(ValueError, match="data.n_thermalize=auto: tau_int is measured for 2D"):
+        IsingDataModule(dim=3, L=8, n_thermalize="auto", data_dir=None)

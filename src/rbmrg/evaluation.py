@@ -3,9 +3,17 @@
 Fresh configurations are drawn with the evaluation's own seed (``data.seed``), transformed
 ``mcrg.n_rg_steps`` times and measured on the fly by the one MCRG driver (:func:`rbmrg.rg.mcrg.run_mcrg`);
 nothing but float64 sums is kept, so memory does not grow with ``mcrg.n_samples``. The thermal
-exponent y_t comes from the even interactions, the magnetic exponent y_h from the odd ones, for
-N_c = 1..7 and N_r = 1..n_rg_steps, with jackknife errors over ``mcrg.n_blocks`` blocks of whole
-independent chains (docs/mcrg.md).
+exponent y_t comes from the even interactions, the magnetic exponent y_h from the odd ones (the
+ordered sets ``mcrg.even_set`` and ``mcrg.odd_set``), for N_c = 1..7 and N_r = 1..n_rg_steps, with
+jackknife errors over ``mcrg.n_blocks`` blocks of whole independent chains (docs/mcrg.md). With
+``mcrg.couplings`` the same levels of the first ``mcrg.couplings_samples`` configurations also give
+the renormalized couplings K^(n) of the even set on every level (Swendsen 1984,
+:mod:`rbmrg.rg.couplings`).
+
+``data.device``, ``data.algorithm``, ``data.n_thermalize`` and ``data.n_between`` may be ``auto``:
+the GPU and its fused sampler where there is one, the CPU samplers otherwise, spaced by their
+measured tau_int (:func:`rbmrg.lattice.samplers.resolve_sampling`); mcrg.json records what they
+resolved to.
 
 :func:`make_plan` checks every setting and reads the checkpoints before any sampling; :func:`run`
 samples and measures; :func:`evaluate` does both and writes the files of :mod:`rbmrg.reports`.
@@ -19,7 +27,7 @@ import platform
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +36,12 @@ import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import rbmrg
 from rbmrg import checks, reports
 from rbmrg.lattice.model import IsingModel, bond_sum, exact_exponents, magnetization
-from rbmrg.lattice.samplers import check_algorithm, make_sampler
+from rbmrg.lattice.samplers import make_sampler, resolve_sampling
 from rbmrg.lattice.sampling import (
     integrated_autocorrelation_time,
     iterate_samples,
@@ -41,8 +49,9 @@ from rbmrg.lattice.sampling import (
     validate_sampling,
 )
 from rbmrg.progress import progress_display
-from rbmrg.rg.interactions import interaction_names
-from rbmrg.rg.interactions_3d import default_sets
+from rbmrg.rg.couplings import CouplingAccumulator, check_levels
+from rbmrg.rg.interactions import Interaction, interaction_names
+from rbmrg.rg.interactions_3d import sets_for
 from rbmrg.rg.mcrg import EXPONENT_SET, chain_blocks, check_blocks, run_mcrg
 from rbmrg.rg.transforms import RGTransform, level_sizes
 
@@ -66,11 +75,18 @@ class Plan:
     n_blocks: int
     batch_size: int
     mcrg_seed: int
+    #: The ordered interaction sets ``{"even": ..., "odd": ...}`` of mcrg.even_set / mcrg.odd_set.
+    sets: dict[str, tuple[Interaction, ...]]
+    #: Configurations (whole sweeps of every chain) whose couplings are measured; 0: none.
+    couplings_samples: int = 0
+    #: Levels 0..couplings_levels - 1 hold every even interaction (the couplings are solved there).
+    couplings_levels: int = 0
+    #: Warnings found before sampling (logged and recorded with those of the run).
+    notes: list[str] | None = None
 
 
 def make_plan(cfg: DictConfig) -> Plan:
     """Check every setting of ``cfg`` and build the run; a ValueError names the first bad one."""
-    device = checks.device("data.device", cfg.data.device)
     try:
         transform: RGTransform = instantiate(cfg.transform)
     except InstantiationException as error:
@@ -94,18 +110,28 @@ def make_plan(cfg: DictConfig) -> Plan:
             )
     n_rg_steps = checks.integer("mcrg.n_rg_steps", mcrg.n_rg_steps, 1)
     sizes = level_sizes(model.L, transform, n_rg_steps)
-    algorithm = str(data.algorithm)
-    try:
-        check_algorithm(algorithm, model.dim)
-    except ValueError as error:
-        raise ValueError(f"data.{error}") from error
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resolved = resolve_sampling(
+            data.device,
+            data.algorithm,
+            data.n_thermalize,
+            data.n_between,
+            model.L,
+            model.dim,
+            prefix="data.",
+        )
+    notes = [str(w.message) for w in caught]
+    device = resolved["device"]
     sampler = {
-        "algorithm": algorithm,
+        "algorithm": resolved["algorithm"],
         "n_chains": checks.integer("data.n_chains", data.n_chains, 1),
-        "n_thermalize": checks.integer("data.n_thermalize", data.n_thermalize, 0),
-        "n_between": checks.integer("data.n_between", data.n_between, 1),
+        "n_thermalize": checks.integer("data.n_thermalize", resolved["n_thermalize"], 0),
+        "n_between": checks.integer("data.n_between", resolved["n_between"], 1),
         "seed": checks.integer("data.seed", data.seed, 0),
         "device": str(device),
+        # The settings given as "auto" (the values above are what they resolved to here).
+        "auto": resolved["auto"],
     }
     n_samples = checks.integer("mcrg.n_samples", mcrg.n_samples, 1)
     validate_sampling(
@@ -117,6 +143,10 @@ def make_plan(cfg: DictConfig) -> Plan:
     )
     n_blocks = checks.integer("mcrg.n_blocks", mcrg.n_blocks, 1)
     check_blocks(n_blocks, sampler["n_chains"], ("mcrg.n_blocks", "data.n_chains"))
+    sets = sets_for(model.dim, _plain(mcrg.even_set), _plain(mcrg.odd_set))
+    couplings_samples, couplings_levels = _couplings_plan(
+        mcrg, sets["even"], sizes, n_samples, sampler["n_chains"], notes
+    )
     return Plan(
         transform=transform,
         model=model,
@@ -128,7 +158,79 @@ def make_plan(cfg: DictConfig) -> Plan:
         n_blocks=n_blocks,
         batch_size=checks.integer("mcrg.batch_size", mcrg.batch_size, 1),
         mcrg_seed=checks.integer("mcrg.seed", mcrg.seed, 0),
+        sets=sets,
+        couplings_samples=couplings_samples,
+        couplings_levels=couplings_levels,
+        notes=notes,
     )
+
+
+def _plain(value: Any) -> Any:
+    """A set name stays a string; a list of names from the config becomes a Python list."""
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+
+
+def _couplings_plan(
+    mcrg: DictConfig,
+    even: Sequence[Interaction],
+    sizes: list[int],
+    n_samples: int,
+    n_chains: int,
+    notes: list[str],
+) -> tuple[int, int]:
+    """(configurations, levels) of the couplings measurement of ``mcrg.couplings*``; (0, 0) if off.
+
+    The configurations are the first ``mcrg.couplings_samples`` (null: all) of the stream, rounded
+    down to whole sweeps of every chain, so that each jackknife block keeps its own chains. The
+    couplings of a level are solved jointly, so a level must hold every even interaction: levels
+    from the first one that does not are left out (NaN, with a note); none at all is an error.
+    """
+    wanted = mcrg.couplings_samples
+    if wanted is not None:
+        wanted = checks.integer("mcrg.couplings_samples", wanted, 1)
+    if not checks.flag("mcrg.couplings", mcrg.couplings):
+        return 0, 0
+    used = min(n_samples if wanted is None else wanted, n_samples) // n_chains * n_chains
+    if used == 0:
+        raise ValueError(
+            f"mcrg.couplings_samples={wanted}: fewer than one configuration per chain "
+            f"(data.n_chains={n_chains}); use at least {n_chains}, or mcrg.couplings=false"
+        )
+    levels = 0
+    while levels < len(sizes) and all(i.fits(sizes[levels]) for i in even):
+        levels += 1
+    if levels == 0:
+        check_levels(even, sizes[:1], "mcrg.couplings=true with mcrg.even_set")
+    if levels < len(sizes):
+        unfit = [i.name for i in even if not i.fits(sizes[levels])]
+        notes.append(
+            f"couplings: interactions {unfit} of mcrg.even_set do not fit level {levels} "
+            f"(L={sizes[levels]}, needs L > 2 x span): K^(n) for n >= {levels} reported as NaN "
+            "(use fewer RG steps, a larger lattice or a shorter-range set)"
+        )
+    return used, levels
+
+
+class _CouplingFeed:
+    """A ``run_mcrg`` consumer: hands the levels of the first ``n_samples`` configurations to a
+    :class:`CouplingAccumulator` (on the CPU, where it counts). Draws no random numbers."""
+
+    def __init__(self, accumulator: CouplingAccumulator, n_samples: int) -> None:
+        self.accumulator = accumulator
+        self.remaining = n_samples
+        self.seconds = 0.0
+
+    def __call__(self, levels: list[torch.Tensor], blocks: torch.Tensor) -> None:
+        if self.remaining <= 0:
+            return
+        start = time.perf_counter()
+        # Passes are whole sweeps of every chain and ``n_samples`` a multiple of the chains, so
+        # the rows taken are whole sweeps too.
+        rows = min(self.remaining, levels[0].shape[0])
+        kept = [level[:rows].cpu() for level in levels[: self.accumulator.n_levels]]
+        self.accumulator.update(kept, blocks[:rows].cpu())
+        self.remaining -= rows
+        self.seconds += time.perf_counter() - start
 
 
 class _Tracked:
@@ -171,9 +273,13 @@ class _Tracked:
 def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
     """Sample, transform, accumulate and solve; returns the record written to mcrg.json."""
     start = time.perf_counter()
-    sets = default_sets(plan.model.dim)
+    sets = plan.sets
     generator = torch.Generator(device=plan.device)
     generator.manual_seed(plan.mcrg_seed)
+    feed = None
+    if plan.couplings_samples:
+        accumulator = CouplingAccumulator(sets["even"], plan.couplings_levels, plan.n_blocks)
+        feed = _CouplingFeed(accumulator, plan.couplings_samples)
     with progress_display("samples", enabled=show_progress) as progress:
         stream = _Tracked(plan, progress)
         with warnings.catch_warnings(record=True) as caught:
@@ -187,8 +293,10 @@ def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
                 sets=sets,
                 generator=generator,
                 batch_size=plan.batch_size,
+                consumers=[feed] if feed else [],
             )
-    messages = sorted({str(w.message) for w in caught})
+            couplings = _couplings(feed, plan)
+    messages = sorted({str(w.message) for w in caught} | set(plan.notes or []))
     energy = torch.stack(stream.energy)
     drift = thermalization_drift(energy)
     if drift is not None:
@@ -214,6 +322,8 @@ def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
     for exponent, set_name in EXPONENT_SET.items():
         record[exponent] = result.y[set_name].tolist()
         record[f"{exponent}_err"] = result.err[set_name].tolist()
+    seconds = couplings.pop("seconds")
+    record.update(couplings)
     record.update(
         {
             "exact": exact_exponents(plan.model.dim),
@@ -233,7 +343,8 @@ def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
             "wall_time_s": {
                 "total": total,
                 "mcrg": result.seconds,
-                "sampling": total - result.seconds,
+                "couplings": seconds,
+                "sampling": total - result.seconds - seconds,
                 "thermalize": stream.thermalize_seconds,
             },
             "versions": {
@@ -247,6 +358,34 @@ def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
         }
     )
     return record
+
+
+def _couplings(feed: _CouplingFeed | None, plan: Plan) -> dict[str, Any]:
+    """The record's couplings fields: K^(n) and jackknife errors, [level][interaction] in the
+    order of the even set, NaN on levels the set does not fit; null when not measured (and
+    ``seconds``, the time they took)."""
+    names = interaction_names(plan.sets["even"])
+    if feed is None:
+        return {
+            "couplings": None,
+            "couplings_err": None,
+            "couplings_set": names,
+            "couplings_samples": 0,
+            "seconds": 0.0,
+        }
+    start = time.perf_counter()
+    result = feed.accumulator.result()
+    shape = (plan.n_rg_steps + 1, len(names))
+    couplings, errors = np.full(shape, np.nan), np.full(shape, np.nan)
+    couplings[: plan.couplings_levels] = result.couplings
+    errors[: plan.couplings_levels] = result.errors
+    return {
+        "couplings": couplings.tolist(),
+        "couplings_err": errors.tolist(),
+        "couplings_set": names,
+        "couplings_samples": result.n_samples,
+        "seconds": feed.seconds + time.perf_counter() - start,
+    }
 
 
 def _sampler_details(plan: Plan) -> dict[str, Any]:
@@ -263,13 +402,16 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     plan = make_plan(cfg)
     reports.check_output_dir(output_dir)
     log.info(
-        "MCRG %s: L=%d, levels %s, %d samples from %d %s chains on %s",
+        "MCRG %s: L=%d, levels %s, %d samples from %d %s chains (%d sweeps to thermalize, %d "
+        "between kept ones) on %s",
         plan.transform.name,
         plan.model.L,
         plan.lattice_sizes,
         plan.n_samples,
         plan.sampler["n_chains"],
         plan.sampler["algorithm"],
+        plan.sampler["n_thermalize"],
+        plan.sampler["n_between"],
         plan.device,
     )
     record = run(plan, show_progress=checks.flag("progress", cfg.get("progress", False)))

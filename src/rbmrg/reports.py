@@ -49,7 +49,28 @@ def table_markdown(record: dict[str, Any]) -> str:
             for r in range(n_r)
         ]
         lines.append(f"| {c + 1} | " + " | ".join(cells) + " |")
+    if record.get("couplings"):
+        lines += ["", *couplings_markdown(record)]
     return "\n".join(lines) + "\n"
+
+
+def couplings_markdown(record: dict[str, Any]) -> list[str]:
+    """Renormalized couplings K^(n), one row per level n, one column per even interaction."""
+    names = record["couplings_set"]
+    lines = [
+        f"Renormalized couplings K^(n) of level n (Swendsen 1984), "
+        f"{record['couplings_samples']} configurations:",
+        "",
+        "| n | L | " + " | ".join(names) + " |",
+        "|---:|---:|" + "---:|" * len(names),
+    ]
+    for level, (values, errors) in enumerate(
+        zip(record["couplings"], record["couplings_err"], strict=True)
+    ):
+        cells = [format_value(*pair) for pair in zip(values, errors, strict=True)]
+        size = record["lattice_sizes"][level]
+        lines.append(f"| {level} | {size} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def check_output_dir(output_dir: Path) -> None:

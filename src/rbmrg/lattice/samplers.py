@@ -11,12 +11,15 @@ them, so no implementation module needs to import the registry (no import circle
 * ``wolff``: numba single-cluster updates, any dimension, CPU (:mod:`.wolff`).
 
 Also here: the defaults that depend on the machine or on the algorithm's dynamics
-(:func:`resolve_device`, :func:`default_algorithm`, :func:`default_spacing`).
+(:func:`resolve_device`, :func:`default_algorithm`, :func:`default_spacing`), and
+:func:`resolve_sampling`, which turns the configuration value ``auto`` into them.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Any
 
 import torch
 
@@ -182,3 +185,83 @@ def default_spacing(algorithm: str, L: int, dim: int = 2) -> tuple[int, int]:
         sweeps, power = WOLFF_HOT_START
         n_thermalize = max(n_thermalize, math.ceil(round(sweeps * (L / 32) ** power, 9)))
     return max(MIN_THERMALIZE, n_thermalize), max(1, math.ceil(round(2 * tau_L, 9)))
+
+
+# --------------------------------------------------------------------------------------------------
+# "auto" in the configuration
+
+#: The configuration value asking for this machine's default (``data.device``, ``data.algorithm``,
+#: ``data.n_thermalize``, ``data.n_between``).
+AUTO = "auto"
+
+
+def resolve_sampling(
+    device: Any,
+    algorithm: Any,
+    n_thermalize: Any,
+    n_between: Any,
+    L: int,
+    dim: int = 2,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """The four sampling settings with every ``"auto"`` replaced by this machine's default.
+
+    ``device`` auto: :func:`resolve_device`; ``algorithm`` auto: :func:`default_algorithm` of that
+    device; ``n_thermalize`` / ``n_between`` auto: :func:`default_spacing` of that algorithm at L
+    (2D only: its tau_int are measured there). Explicit values win and come back as given (the
+    caller checks the numbers), except the device and the algorithm, which are checked here.
+    Errors name ``prefix + setting`` (``prefix="data."``). An ``auto`` algorithm with an explicit
+    spacing shorter than that algorithm's default is warned about: the algorithm then depends on
+    the machine, the spacing does not. Returns ``{"device", "algorithm", "n_thermalize",
+    "n_between", "auto"}``, ``auto`` the names of the settings that were ``"auto"``.
+    """
+    auto = [
+        name
+        for name, value in (
+            ("device", device),
+            ("algorithm", algorithm),
+            ("n_thermalize", n_thermalize),
+            ("n_between", n_between),
+        )
+        if isinstance(value, str) and value == AUTO
+    ]
+    try:
+        resolved_device = resolve_device(
+            device if isinstance(device, torch.device) else str(device)
+        )
+    except ValueError as error:
+        raise ValueError(f"{prefix}{error}") from None
+    if "algorithm" in auto:
+        algorithm = default_algorithm(resolved_device)
+    try:
+        check_algorithm(str(algorithm), dim)
+    except ValueError as error:
+        raise ValueError(f"{prefix}{error}") from None
+    algorithm = str(algorithm)
+    spacing = {"n_thermalize": n_thermalize, "n_between": n_between}
+    if dim == 2 and set(auto) - {"device"}:
+        defaults = dict(zip(spacing, default_spacing(algorithm, L, dim), strict=True))
+    elif "n_thermalize" in auto or "n_between" in auto:
+        name = "n_thermalize" if "n_thermalize" in auto else "n_between"
+        raise ValueError(
+            f"{prefix}{name}=auto: tau_int is measured for 2D lattices only (docs/sampler.md), "
+            f"not for dim={dim}; set {prefix}n_thermalize and {prefix}n_between yourself"
+        )
+    else:
+        defaults = {}
+    for name, value in spacing.items():
+        if name in auto:
+            spacing[name] = defaults[name]
+        elif "algorithm" in auto and name in defaults and _below(value, defaults[name]):
+            warnings.warn(
+                f"{prefix}algorithm=auto chose {algorithm!r} on this machine, which needs "
+                f"{name} >= {defaults[name]} at L={L}; {prefix}{name}={value} is shorter "
+                f"(set {prefix}{name}=auto, or choose the algorithm yourself)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return {"device": resolved_device, "algorithm": algorithm, **spacing, "auto": auto}
+
+
+def _below(value: Any, default: int) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value < default

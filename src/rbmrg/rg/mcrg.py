@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -394,6 +394,7 @@ def run_mcrg(
     sets: dict[str, tuple[Interaction, ...]] | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    consumers: Sequence[Callable[[list[torch.Tensor], torch.Tensor], None]] = (),
 ) -> MCRGResult:
     """The MCRG driver: transform, measure, accumulate and solve, over ``batches``.
 
@@ -404,6 +405,11 @@ def run_mcrg(
     time becomes passes of ~``batch_size`` configurations); batches that wait are copied, since a
     sampler may reuse its state buffer. Every caller (the training callback, evaluate, the
     benchmarks) goes through here, so a given stream and seed give the same numbers everywhere.
+
+    ``consumers`` are called after each pass with ``(levels, blocks)``, the very levels and block
+    indices the accumulator took (e.g. ``CouplingAccumulator.update`` for the renormalized
+    couplings of the same configurations). They must not modify the levels; they do not change
+    the exponents, and their time is not counted in ``MCRGResult.seconds``.
     """
     acc: MCRGAccumulator | None = None
     waiting: list[tuple[torch.Tensor, ...]] = []
@@ -423,6 +429,8 @@ def run_mcrg(
         levels = iterate(spins, transforms, n_rg_steps, generator)
         acc.update(levels, blocks, cached[0] if cached else None)
         seconds += time.perf_counter() - start
+        for consumer in consumers:
+            consumer(levels, blocks)
 
     rows = 0
     for batch in batches:

@@ -29,7 +29,7 @@ import torch
 
 from rbmrg import checks
 from rbmrg.lattice.model import IsingModel
-from rbmrg.lattice.samplers import DEFAULT_ALGORITHM, check_algorithm
+from rbmrg.lattice.samplers import DEFAULT_ALGORITHM, resolve_sampling
 from rbmrg.lattice.sampling import SampleSet, draw_samples, thermalization_drift, validate_sampling
 from rbmrg.progress import progress_bar
 from rbmrg.rg.mcrg import MIN_BLOCKS
@@ -131,6 +131,10 @@ class IsingDataModule(pl.LightningDataModule):
             MCRG jackknife takes blocks of whole chains).
         n_thermalize: sweeps discarded from the hot start of each chain.
         n_between: sweeps between kept configurations of a chain.
+        algorithm, n_thermalize, n_between, device: ``"auto"`` takes this machine's default
+            (:func:`rbmrg.lattice.samplers.resolve_sampling`): CUDA and ``metropolis-fused`` where
+            a GPU is present, the CPU and Wolff otherwise, spaced by the algorithm's measured
+            tau_int at L (2D only); explicit values win. The cache key holds the resolved values.
         batch_size: configurations per training minibatch.
         updates_per_step: minibatches handed to one ``training_step`` (the module makes one CD update
             per minibatch): the framework's per-step cost is paid once per this many updates; the
@@ -151,8 +155,8 @@ class IsingDataModule(pl.LightningDataModule):
         n_train: int = 10_000,
         n_val: int = 50_000,
         n_chains: int = 100,
-        n_thermalize: int = 1000,
-        n_between: int = 4,
+        n_thermalize: int | str = 1000,
+        n_between: int | str = 4,
         batch_size: int = 10,
         train_seed: int = 0,
         val_seed: int = 1,
@@ -165,9 +169,12 @@ class IsingDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         try:
             self.ising = IsingModel(L=L, coupling=coupling, dim=dim)
-            check_algorithm(algorithm, dim)
         except ValueError as error:
             raise ValueError(f"data.{error}") from None
+        resolved = resolve_sampling(device, algorithm, n_thermalize, n_between, L, dim, "data.")
+        algorithm, n_thermalize, n_between = (
+            resolved[name] for name in ("algorithm", "n_thermalize", "n_between")
+        )
         for name, count, seed in (("n_train", n_train, train_seed), ("n_val", n_val, val_seed)):
             validate_sampling(
                 count,
@@ -189,7 +196,7 @@ class IsingDataModule(pl.LightningDataModule):
                 f"data.train_seed={train_seed} equals data.val_seed={val_seed}: the held-out set "
                 "must be independent of the training set"
             )
-        self.sampling_device = checks.device("data.device", device)
+        self.sampling_device = resolved["device"]
         checks.flag("data.progress", progress)
         self.algorithm = algorithm
         self.n_train, self.n_val, self.n_chains = n_train, n_val, n_chains
