@@ -377,6 +377,7 @@ def step_evaluate(args: argparse.Namespace, budget: Budget, device: torch.device
             f"{group}.n_between={n_between}",
             f"mcrg.n_samples={n_samples}",
             "progress=false",
+            "mcrg.couplings=false",  # exponents only, as the earlier records
             f"hydra.run.dir={run_dir}",
         ]
         command = [sys.executable, "evaluate.py", *overrides]
