@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 
 from rbmrg.rg.rbm import ConvRBM
+from rbmrg.training import cd_numba
 from rbmrg.training.schedules import Schedule, SqrtDecay
 
 BACKENDS = ("auto", "torch", "numba")
@@ -126,10 +127,8 @@ class RBMModule(pl.LightningModule):
     def contrastive_divergence(self, spins: torch.Tensor) -> torch.Tensor:
         """The surrogate loss mean F(data) - mean F(chain end); its gradient is the CD-k gradient."""
         if self.uses_fused_kernel(spins):
-            from rbmrg.training import cd_numba as fast_rbm
-
             start = self.chain_start(spins) if self.hparams.persistent else None
-            loss, chain_end = fast_rbm.contrastive_divergence(
+            loss, chain_end = cd_numba.contrastive_divergence(
                 self.rbm.weight, spins, start, self.rbm.stride, self.hparams.cd_k
             )
             if self.hparams.persistent:
