@@ -13,24 +13,19 @@ benchmarks/results/couplings.jsonl.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from common import cpu_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from common import cpu_model  # noqa: E402
-
-from rbmrg.lattice.model import IsingModel  # noqa: E402
-from rbmrg.lattice.sampling import draw_samples  # noqa: E402
-from rbmrg.rg.couplings import CouplingAccumulator  # noqa: E402
-from rbmrg.rg.interactions import EVEN, EVEN_CANDIDATES  # noqa: E402
-from rbmrg.rg.mcrg import MCRGAccumulator, chain_blocks  # noqa: E402
-from rbmrg.rg.transforms import iterate, majority  # noqa: E402
+from rbmrg.lattice.model import IsingModel
+from rbmrg.lattice.sampling import draw_samples
+from rbmrg.rg.couplings import CouplingAccumulator
+from rbmrg.rg.interactions import EVEN, EVEN_CANDIDATES
+from rbmrg.rg.mcrg import MCRGAccumulator, chain_blocks
+from rbmrg.rg.transforms import iterate, majority
 
 N_BATCHES, WARM, BATCH = 6, 2, 1000
 

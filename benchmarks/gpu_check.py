@@ -527,7 +527,6 @@ def main() -> int:
             "  (PYTHONPATH=src python3 benchmarks/gpu_check.py --device cpu --quick checks the script)"
         )
         return 0
-    sys.path.insert(0, str(ROOT / "src"))
     device = torch.device(args.device)
     try:
         import triton

@@ -80,8 +80,12 @@ def mcrg_rate(spins: torch.Tensor, transform, device: str, batch: int = 1000, re
 
 def evaluate_run(transform: str, n_samples: int, ckpt: Path | None) -> dict:
     """Time a real evaluate.py run (compose API, default config otherwise)."""
-    overrides = [f"transform={transform}", f"mcrg.n_samples={n_samples}", "progress=false",
-                 "mcrg.couplings=false"]  # exponents only, as the earlier records
+    overrides = [
+        f"transform={transform}",
+        f"mcrg.n_samples={n_samples}",
+        "progress=false",
+        "mcrg.couplings=false",
+    ]  # exponents only, as the earlier records
     if ckpt is not None:
         overrides.append(f"ckpt_path={ckpt}")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -32,15 +32,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from make_table import PAPER_MAJORITY, PAPER_OPTIMAL
+from mcrg_pass import add_pass_arguments, load_transform, run_pass, settings_from
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from make_table import PAPER_MAJORITY, PAPER_OPTIMAL  # noqa: E402
-from mcrg_pass import add_pass_arguments, load_transform, run_pass, settings_from  # noqa: E402
-
-from rbmrg.rg.interactions import EVEN_CANDIDATES, EVEN_SETS, ODD_CANDIDATES, ODD_SETS  # noqa: E402
-from rbmrg.rg.mcrg import MCRGAccumulator, format_value  # noqa: E402
+from rbmrg.rg.interactions import EVEN_CANDIDATES, EVEN_SETS, ODD_CANDIDATES, ODD_SETS
+from rbmrg.rg.mcrg import MCRGAccumulator, format_value
 
 N_C = 7
 SETS = {"even": tuple(EVEN_CANDIDATES.values()), "odd": tuple(ODD_CANDIDATES.values())}

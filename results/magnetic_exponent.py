@@ -35,20 +35,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from interaction_order import json_safe
+from mcrg_pass import add_pass_arguments, run_pass, settings_from
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from interaction_order import json_safe  # noqa: E402
-from mcrg_pass import add_pass_arguments, run_pass, settings_from  # noqa: E402
-
-from rbmrg.checkpoint import load_rbm  # noqa: E402
-from rbmrg.lattice.model import magnetization  # noqa: E402
-from rbmrg.rg import transforms as rg  # noqa: E402
-from rbmrg.rg.couplings import CouplingAccumulator  # noqa: E402
-from rbmrg.rg.interactions import EVEN, EVEN_CANDIDATES, ODD_CANDIDATES  # noqa: E402
-from rbmrg.rg.mcrg import MCRGAccumulator, format_value  # noqa: E402
-from rbmrg.rg.rbm import ConvRBM  # noqa: E402
+from rbmrg.checkpoint import load_rbm
+from rbmrg.lattice.model import magnetization
+from rbmrg.rg import transforms as rg
+from rbmrg.rg.couplings import CouplingAccumulator
+from rbmrg.rg.interactions import EVEN, EVEN_CANDIDATES, ODD_CANDIDATES
+from rbmrg.rg.mcrg import MCRGAccumulator, format_value
+from rbmrg.rg.rbm import ConvRBM
 
 SETS = {"even": EVEN, "odd": tuple(ODD_CANDIDATES.values())}
 FLOW_SET = (

@@ -12,21 +12,17 @@ are evaluate.py's, to the last digit.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from rbmrg.checkpoint import load_rbm  # noqa: E402
-from rbmrg.lattice.model import IsingModel  # noqa: E402
-from rbmrg.lattice.sampling import iterate_samples  # noqa: E402
-from rbmrg.rg import transforms as rg  # noqa: E402
-from rbmrg.rg.mcrg import chain_blocks  # noqa: E402
+from rbmrg.checkpoint import load_rbm
+from rbmrg.lattice.model import IsingModel
+from rbmrg.lattice.sampling import iterate_samples
+from rbmrg.rg import transforms as rg
+from rbmrg.rg.mcrg import chain_blocks
 
 #: A consumer receives the levels [level 0, level 1, ...] of one batch and the block of each row.
 Consumer = Callable[[list[torch.Tensor], torch.Tensor], None]

@@ -24,17 +24,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from interaction_order import json_safe
+from mcrg_pass import add_pass_arguments, load_transform, run_pass, settings_from
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from interaction_order import json_safe  # noqa: E402
-from mcrg_pass import add_pass_arguments, load_transform, run_pass, settings_from  # noqa: E402
-
-from rbmrg.lattice.model import K_C_2D  # noqa: E402
-from rbmrg.rg.couplings import CouplingAccumulator, CouplingResult  # noqa: E402
-from rbmrg.rg.interactions import EVEN_CANDIDATES, EVEN_SETS, interaction_names  # noqa: E402
-from rbmrg.rg.mcrg import format_value  # noqa: E402
+from rbmrg.lattice.model import K_C_2D
+from rbmrg.rg.couplings import CouplingAccumulator, CouplingResult
+from rbmrg.rg.interactions import EVEN_CANDIDATES, EVEN_SETS, interaction_names
+from rbmrg.rg.mcrg import format_value
 
 INTERACTIONS = tuple(EVEN_CANDIDATES.values())
 #: Shorter truncations solved from the same histograms at K_c.
