@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import HeldOut
 
 from rbmrg import plots
 from rbmrg.lattice.model import IsingModel
@@ -138,31 +139,6 @@ def test_an_infinite_2x2_filter_measures_the_majority_rule(critical_16):
     for n_c in range(3):  # the couplings that fit the 8x8 level
         y, err = result.y["even"][0, n_c], result.err["even"][0, n_c]
         assert abs(y - reference.y["even"][0, n_c]) < 3 * err + 1e-3
-
-
-class HeldOut(pl.LightningDataModule):
-    """The two things the callback and the module need from IsingDataModule."""
-
-    def __init__(self, samples):
-        super().__init__()
-        self.val_set = samples
-        self.train_spins = samples.spins[:200].float()
-
-    def train_dataloader(self):
-        return Minibatches(self.train_spins)
-
-
-class Minibatches:
-    """Consecutive minibatches of 10 (a bare list would be taken for a list of data loaders)."""
-
-    def __init__(self, spins):
-        self.spins = spins
-
-    def __len__(self):
-        return self.spins.shape[0] // 10
-
-    def __iter__(self):
-        return iter(self.spins.split(10))
 
 
 def fit(callback, samples, tmp_path, epochs, ckpt_path=None):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import HeldOut
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -28,31 +29,6 @@ def critical_16():
     """1200 configurations of the critical 16x16 Ising model from 20 independent Wolff chains,
     spaced by the default spacing (200 + 3 sweeps at L = 16)."""
     return draw_samples(IsingModel(L=16), 1200, n_chains=20, n_thermalize=200, n_between=3, seed=11)
-
-
-class HeldOut(pl.LightningDataModule):
-    """What the callback needs from IsingDataModule: ``val_set``, and minibatches to train on."""
-
-    def __init__(self, samples):
-        super().__init__()
-        self.val_set = samples
-        self.train_spins = samples.spins[:200].float()
-
-    def train_dataloader(self):
-        return Minibatches(self.train_spins)
-
-
-class Minibatches:
-    """Consecutive minibatches of 10 (a bare list would be taken for a list of data loaders)."""
-
-    def __init__(self, spins):
-        self.spins = spins
-
-    def __len__(self):
-        return self.spins.shape[0] // 10
-
-    def __iter__(self):
-        return iter(self.spins.split(10))
 
 
 def fit(callback, samples, tmp_path, ckpt_path=None):

@@ -17,6 +17,7 @@ import pytest
 import pytorch_lightning as pl
 import scipy.stats
 import torch
+from helpers import HeldOut
 from hydra import compose, initialize_config_dir
 
 from rbmrg import evaluation
@@ -479,29 +480,6 @@ def test_an_infinite_2x2x2_filter_measures_the_majority_rule(critical_8):
         y, err = result.y[name][0, :n_fit], result.err[name][0, :n_fit]
         assert np.all(np.isfinite(y)) and np.all(np.isnan(result.y[name][0, n_fit:]))
         assert np.all(np.abs(y - reference.y[name][0, :n_fit]) < 3 * err + 1e-3), name
-
-
-class HeldOut(pl.LightningDataModule):
-    def __init__(self, samples):
-        super().__init__()
-        self.val_set = samples
-        self.train_spins = samples.spins[:200].float()
-
-    def train_dataloader(self):
-        return Minibatches(self.train_spins)
-
-
-class Minibatches:
-    """Consecutive minibatches of 10 (a bare list would be taken for a list of data loaders)."""
-
-    def __init__(self, spins):
-        self.spins = spins
-
-    def __len__(self):
-        return self.spins.shape[0] // 10
-
-    def __iter__(self):
-        return iter(self.spins.split(10))
 
 
 def test_training_on_the_cubic_lattice_logs_3d_exponents_and_figures(critical_8, tmp_path):

@@ -15,26 +15,13 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from test_train import TINY as TRAIN_TINY
 
 from rbmrg import runs
 
 ROOT = Path(__file__).resolve().parents[1]
-#: A tiny, valid run: 8x8 lattice, 4x4 filter, one epoch of 20 updates, no logger.
-TINY = [
-    "experiment=smoke",
-    "data.L=8",
-    "data.n_train=200",
-    "data.n_val=400",
-    "data.n_chains=20",
-    "data.n_thermalize=20",
-    "data.progress=false",
-    "model.filter_size=4",
-    "mcrg.n_blocks=20",
-    "mcrg.n_rg_steps=1",  # 8 -> 4: a second step would leave a 2x2 level
-    "trainer.max_epochs=1",
-    "optimized_metric=mcrg/y_t/nr1_nc3",
-    "logger=none",
-]
+#: A tiny, valid run (test_train's, one epoch of 20 updates), no logger.
+TINY = [*TRAIN_TINY, "trainer.max_epochs=1", "logger=none"]
 
 
 def env(tmp_path: Path) -> dict:
