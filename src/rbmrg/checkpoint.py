@@ -16,6 +16,11 @@ Hydra config may hold (:data:`OMEGACONF_GLOBALS`, allowed only for the duration 
 into plain dicts and lists without resolving interpolations). A file that needs anything else is
 refused with a ValueError naming the file and the object it asked for. The filter size is always read
 off the weight's shape, never trusted from metadata. Loading needs no Lightning import.
+
+A run with ``model.n_replicas=R > 1`` holds R filters: ``rbm.weight`` of shape (R, f, ..., f) and the
+hyper-parameter ``n_replicas`` (a plain file: ``"weight"`` (R, f, ...) and ``"n_replicas"``).
+:func:`load_rbms` reads every filter of any file (a list of one for a single filter);
+:func:`load_rbm`, which returns one filter, refuses such a file rather than pick one of them.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.base import ContainerMetadata, Metadata
 from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
 
-from rbmrg.rg.rbm import ConvRBM
+from rbmrg.rg.rbm import ConvRBM, ReplicaRBM
 
 #: Key of the filter in the state_dict of the Lightning module (attribute ``rbm`` of RBMModule).
 LIGHTNING_WEIGHT_KEY = "rbm.weight"
@@ -193,17 +198,68 @@ def _weight_and_stride(content: dict, where: str) -> tuple[torch.Tensor, Any]:
     return content["weight"], content["stride"]
 
 
+def _replica_count(content: dict, where: str) -> int:
+    """R, the number of filters the file holds (``n_replicas``; 1 where it is not recorded)."""
+    if "state_dict" in content:
+        found = _find_key(content.get("hyper_parameters", {}), "n_replicas")
+    else:
+        found = [content["n_replicas"]] if "n_replicas" in content else []
+    if not found:
+        return 1
+    value = found[0]
+    if (
+        len({repr(v) for v in found}) != 1
+        or isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < 1
+    ):
+        raise ValueError(f"checkpoint {where}: n_replicas={found} must be one integer >= 1")
+    return value
+
+
 def load_rbm(path: str | os.PathLike) -> ConvRBM:
     """The ConvRBM stored at ``path`` (plain filter file or Lightning checkpoint), on the CPU.
 
     Read with :func:`read_checkpoint`. The filter size f and the lattice dimension come from the
     weight's shape, (f, f) or (f, f, f).
     Raises FileNotFoundError or ValueError naming ``path`` if the file is missing, unreadable,
-    unsafe, or holds no usable square, finite filter and positive integer stride.
+    unsafe, or holds no usable square, finite filter and positive integer stride, or holds R > 1
+    filters (``model.n_replicas``; read those with :func:`load_rbms`).
     """
     path = Path(path)
     where = repr(str(path))
-    weight, stride = _weight_and_stride(read_checkpoint(path), where)
+    content = read_checkpoint(path)
+    replicas = _replica_count(content, where)
+    if replicas > 1:
+        raise ValueError(
+            f"checkpoint {where}: holds {replicas} filters (model.n_replicas={replicas}), not one; "
+            "read them all with rbmrg.checkpoint.load_rbms (evaluate.py measures every one)"
+        )
+    weight, stride = _weight_and_stride(content, where)
+    return _filter(weight, stride, where)
+
+
+def load_rbms(path: str | os.PathLike) -> list[ConvRBM]:
+    """Every filter stored at ``path``: R ConvRBMs for a file of ``model.n_replicas=R`` filters,
+    ``[load_rbm(path)]`` for a file of one. Each is checked as :func:`load_rbm` checks its one."""
+    path = Path(path)
+    where = repr(str(path))
+    content = read_checkpoint(path)
+    replicas = _replica_count(content, where)
+    weight, stride = _weight_and_stride(content, where)
+    if replicas == 1:
+        return [_filter(weight, stride, where)]
+    if not isinstance(weight, torch.Tensor) or weight.ndim < 1 or weight.shape[0] != replicas:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(
+            f"checkpoint {where}: n_replicas={replicas} but the filters have shape {shape}, "
+            f"expected ({replicas}, f, f) or ({replicas}, f, f, f)"
+        )
+    return [_filter(one, stride, f"{where} (replica {index})") for index, one in enumerate(weight)]
+
+
+def _filter(weight: Any, stride: Any, where: str) -> ConvRBM:
+    """One checked filter as a ConvRBM on the CPU."""
     if (
         not isinstance(weight, torch.Tensor)
         or weight.ndim not in (2, 3)
@@ -230,8 +286,11 @@ def load_rbm(path: str | os.PathLike) -> ConvRBM:
     return rbm.eval()
 
 
-def save_filter(path: str | os.PathLike, rbm: ConvRBM, overwrite: bool = False) -> Path:
-    """Write ``rbm``'s filter in the plain format ``{"weight", "stride", "filter_size"}``.
+def save_filter(
+    path: str | os.PathLike, rbm: ConvRBM | ReplicaRBM, overwrite: bool = False
+) -> Path:
+    """Write ``rbm``'s filter in the plain format ``{"weight", "stride", "filter_size"}`` (R filters
+    of a :class:`ReplicaRBM`: ``"weight"`` (R, f, ...) and ``"n_replicas"`` as well).
 
     Parent directories are created. An existing file is kept (FileExistsError naming it) unless
     ``overwrite=True``, so a committed result is not replaced by accident. Returns the path.
@@ -241,5 +300,8 @@ def save_filter(path: str | os.PathLike, rbm: ConvRBM, overwrite: bool = False) 
         raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     weight = rbm.weight.detach().to("cpu").clone()
-    torch.save({"weight": weight, "stride": int(rbm.stride), "filter_size": weight.shape[0]}, path)
+    content = {"weight": weight, "stride": int(rbm.stride), "filter_size": int(rbm.filter_size)}
+    if isinstance(rbm, ReplicaRBM):
+        content["n_replicas"] = rbm.n_replicas
+    torch.save(content, path)
     return path

@@ -18,6 +18,15 @@ resolved to.
 :func:`make_plan` checks every setting and reads the checkpoints before any sampling; :func:`run`
 samples and measures; :func:`evaluate` does both and writes the files of :mod:`rbmrg.reports`.
 ``evaluate.py`` is the Hydra entry point over :func:`evaluate`.
+
+A checkpoint of R > 1 independently trained filters (``model.n_replicas=R``) is measured filter by
+filter on the same configurations in the same pass, each filter with its own generator seeded with
+``mcrg.seed`` (so the filters differ and nothing else; :func:`rbmrg.rg.mcrg.run_mcrg_replicas`).
+mcrg.json then holds ``n_replicas``, ``replicas`` (each filter's ``y_t``, ``y_t_err``, ``y_h``,
+``y_h_err``, jackknife errors) and, in ``y_t``/``y_h``, the mean over filters with ``y_t_err``/
+``y_h_err`` its standard error (spread / sqrt(R)) and ``y_t_spread``/``y_h_spread`` the standard
+deviation over filters: the filter-to-filter uncertainty of the method. The couplings are those of
+filter 0.
 """
 
 from __future__ import annotations
@@ -52,7 +61,7 @@ from rbmrg.progress import progress_display
 from rbmrg.rg.couplings import CouplingAccumulator, check_levels
 from rbmrg.rg.interactions import Interaction, interaction_names
 from rbmrg.rg.interactions_3d import sets_for
-from rbmrg.rg.mcrg import EXPONENT_SET, chain_blocks, check_blocks, run_mcrg
+from rbmrg.rg.mcrg import EXPONENT_SET, MCRGResult, chain_blocks, check_blocks, run_mcrg_replicas
 from rbmrg.rg.transforms import RGTransform, level_sizes
 
 log = logging.getLogger("evaluate")
@@ -274,8 +283,11 @@ def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
     """Sample, transform, accumulate and solve; returns the record written to mcrg.json."""
     start = time.perf_counter()
     sets = plan.sets
-    generator = torch.Generator(device=plan.device)
-    generator.manual_seed(plan.mcrg_seed)
+    replicas = plan.transform.replica_steps(plan.device)
+    # One generator per filter, all seeded alike: the same block-spin draws for every filter.
+    generators = [torch.Generator(device=plan.device) for _ in replicas]
+    for generator in generators:
+        generator.manual_seed(plan.mcrg_seed)
     feed = None
     if plan.couplings_samples:
         accumulator = CouplingAccumulator(sets["even"], plan.couplings_levels, plan.n_blocks)
@@ -284,17 +296,18 @@ def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
         stream = _Tracked(plan, progress)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = run_mcrg(
+            results = run_mcrg_replicas(
                 stream,
-                plan.transform.steps(plan.device),
+                replicas,
                 plan.n_rg_steps,
                 plan.transform.scale,
                 n_blocks=plan.n_blocks,
                 sets=sets,
-                generator=generator,
+                generators=generators,
                 batch_size=plan.batch_size,
                 consumers=[feed] if feed else [],
             )
+            result = results[0]
             couplings = _couplings(feed, plan)
     messages = sorted({str(w.message) for w in caught} | set(plan.notes or []))
     energy = torch.stack(stream.energy)
@@ -319,9 +332,12 @@ def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
         "even_set": interaction_names(sets["even"]),
         "odd_set": interaction_names(sets["odd"]),
     }
-    for exponent, set_name in EXPONENT_SET.items():
-        record[exponent] = result.y[set_name].tolist()
-        record[f"{exponent}_err"] = result.err[set_name].tolist()
+    if len(results) == 1:
+        for exponent, set_name in EXPONENT_SET.items():
+            record[exponent] = result.y[set_name].tolist()
+            record[f"{exponent}_err"] = result.err[set_name].tolist()
+    else:
+        record.update(replica_summary(results))
     seconds = couplings.pop("seconds")
     record.update(couplings)
     record.update(
@@ -358,6 +374,32 @@ def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
         }
     )
     return record
+
+
+def replica_summary(results: Sequence[MCRGResult]) -> dict[str, Any]:
+    """The record's fields for R > 1 filters measured on the same configurations: ``n_replicas``,
+    each filter's exponents and jackknife errors (``replicas``), and per exponent the mean over
+    filters, its standard error (``*_err``, spread / sqrt(R)) and the spread (``*_spread``, the
+    standard deviation over filters, R - 1 in the denominator); [N_r - 1][N_c - 1] as for one."""
+    fields: dict[str, Any] = {"n_replicas": len(results), "replicas": []}
+    for result in results:
+        fields["replicas"].append(
+            {
+                key: value
+                for exponent, set_name in EXPONENT_SET.items()
+                for key, value in (
+                    (exponent, result.y[set_name].tolist()),
+                    (f"{exponent}_err", result.err[set_name].tolist()),
+                )
+            }
+        )
+    for exponent, set_name in EXPONENT_SET.items():
+        values = np.stack([result.y[set_name] for result in results])  # (R, N_r, N_c)
+        spread = values.std(axis=0, ddof=1)
+        fields[exponent] = values.mean(axis=0).tolist()
+        fields[f"{exponent}_err"] = (spread / np.sqrt(len(results))).tolist()
+        fields[f"{exponent}_spread"] = spread.tolist()
+    return fields
 
 
 def _couplings(feed: _CouplingFeed | None, plan: Plan) -> dict[str, Any]:

@@ -60,10 +60,11 @@ def filter_figure(weight: torch.Tensor | np.ndarray, title: str = "filter W") ->
     return fig
 
 
-def filter_panel(filters: Mapping[int, torch.Tensor | np.ndarray]) -> Figure:
+def filter_panel(filters: Mapping[int, torch.Tensor | np.ndarray], label: str = "epoch") -> Figure:
     """Fig. 1 of Chung & Kao: the filter at several epochs, left to right (each its own scale).
 
-    A 3D filter takes one row per epoch, its slices left to right.
+    A 3D filter takes one row per epoch, its slices left to right. ``label`` names the keys in
+    the titles (``"replica"`` draws R filters of one epoch side by side).
     """
     epochs = sorted(filters)
     weights = [_numpy(filters[epoch]) for epoch in epochs]
@@ -72,7 +73,7 @@ def filter_panel(filters: Mapping[int, torch.Tensor | np.ndarray]) -> Figure:
         fig = _figure(3.4 * max(len(epochs), 1), 3.2)
         for index, (epoch, weight) in enumerate(zip(epochs, weights, strict=True)):
             ax = fig.add_subplot(1, len(epochs), index + 1)
-            _draw_filter(fig, [ax], weight, f"epoch {epoch}")
+            _draw_filter(fig, [ax], weight, f"{label} {epoch}")
         fig.tight_layout()
         return fig
     fig = _figure(0.6 + 2.6 * columns, 2.6 * len(epochs))
@@ -80,7 +81,7 @@ def filter_panel(filters: Mapping[int, torch.Tensor | np.ndarray]) -> Figure:
         axes = [
             fig.add_subplot(len(epochs), columns, row * columns + k + 1) for k in range(columns)
         ]
-        _draw_filter(fig, axes, weight, f"epoch {epoch}")
+        _draw_filter(fig, axes, weight, f"{label} {epoch}")
     return fig
 
 

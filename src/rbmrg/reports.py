@@ -1,6 +1,9 @@
 """What evaluate writes: mcrg.json, mcrg.csv and table1.md (the paper's Table 1 layout).
 
-Every file is created with mode ``x``: a file that exists is never overwritten.
+Every file is created with mode ``x``: a file that exists is never overwritten. A record of R > 1
+filters (``n_replicas``, see :func:`rbmrg.evaluation.replica_summary`) gives the table of the mean
+± standard error over filters, then one table per filter; mcrg.csv gets a ``replica`` column
+(``mean`` or the filter's index).
 """
 
 from __future__ import annotations
@@ -41,17 +44,34 @@ def table_markdown(record: dict[str, Any]) -> str:
     ]
     if not record.get("thermalized", True):
         lines += ["**WARNING: the chains were not thermalized; these numbers are not valid.**", ""]
-    lines += ["| N_c | " + " | ".join(heads) + " |", "|---:|" + "---:|" * len(heads)]
+    replicas = record.get("replicas") or []
+    if replicas:
+        lines += [
+            f"Mean over {len(replicas)} independently trained filters (model.n_replicas), "
+            "measured on the same configurations; error = standard error over filters "
+            "(spread / sqrt(R)), the filter-to-filter uncertainty:",
+            "",
+        ]
+    lines += _exponent_table(record, heads, n_r, n_c)
+    for index, replica in enumerate(replicas):
+        lines += ["", f"Filter {index} (jackknife errors):", ""]
+        lines += _exponent_table(replica, heads, n_r, n_c)
+    if record.get("couplings"):
+        lines += ["", *couplings_markdown(record)]
+    return "\n".join(lines) + "\n"
+
+
+def _exponent_table(values: dict[str, Any], heads: list[str], n_r: int, n_c: int) -> list[str]:
+    """Rows N_c, columns (exponent, N_r) of ``values[e][r][c]`` with ``values[e_err]``."""
+    lines = ["| N_c | " + " | ".join(heads) + " |", "|---:|" + "---:|" * len(heads)]
     for c in range(n_c):
         cells = [
-            format_value(record[e][r][c], record[f"{e}_err"][r][c])
+            format_value(values[e][r][c], values[f"{e}_err"][r][c])
             for e in EXPONENT_SET
             for r in range(n_r)
         ]
         lines.append(f"| {c + 1} | " + " | ".join(cells) + " |")
-    if record.get("couplings"):
-        lines += ["", *couplings_markdown(record)]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def couplings_markdown(record: dict[str, Any]) -> list[str]:
@@ -87,13 +107,17 @@ def write_outputs(record: dict[str, Any], output_dir: Path) -> None:
     """mcrg.json, mcrg.csv and table1.md in ``output_dir`` (which must not hold them yet)."""
     with open(output_dir / "mcrg.json", "x") as file:
         json.dump(json_safe(record), file, indent=2)
+    replicas = record.get("replicas") or []
     with open(output_dir / "mcrg.csv", "x", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["exponent", "N_r", "N_c", "value", "error", "formatted"])
-        for e in EXPONENT_SET:
-            for r, row in enumerate(record[e]):
-                for c, value in enumerate(row):
-                    error = record[f"{e}_err"][r][c]
-                    writer.writerow([e, r + 1, c + 1, value, error, format_value(value, error)])
+        head = ["exponent", "N_r", "N_c", "value", "error", "formatted"]
+        writer.writerow(["replica", *head] if replicas else head)
+        for label, values in [("mean", record), *enumerate(replicas)]:
+            for e in EXPONENT_SET:
+                for r, row in enumerate(values[e]):
+                    for c, value in enumerate(row):
+                        error = values[f"{e}_err"][r][c]
+                        cells = [e, r + 1, c + 1, value, error, format_value(value, error)]
+                        writer.writerow([label, *cells] if replicas else cells)
     with open(output_dir / "table1.md", "x") as file:
         file.write(table_markdown(record))

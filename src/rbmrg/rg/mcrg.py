@@ -411,12 +411,53 @@ def run_mcrg(
     couplings of the same configurations). They must not modify the levels; they do not change
     the exponents, and their time is not counted in ``MCRGResult.seconds``.
     """
-    acc: MCRGAccumulator | None = None
+    return run_mcrg_replicas(
+        batches,
+        [transforms],
+        n_rg_steps,
+        scale,
+        n_blocks=n_blocks,
+        sets=sets,
+        generators=[generator],
+        batch_size=batch_size,
+        consumers=consumers,
+    )[0]
+
+
+def run_mcrg_replicas(
+    batches: Iterable[tuple[torch.Tensor, ...]],
+    replicas: Sequence[Sequence[Transform]],
+    n_rg_steps: int,
+    scale: float,
+    *,
+    n_blocks: int = 20,
+    sets: dict[str, tuple[Interaction, ...]] | None = None,
+    generators: Sequence[torch.Generator | None] | None = None,
+    batch_size: int | None = None,
+    consumers: Sequence[Callable[[list[torch.Tensor], torch.Tensor], None]] = (),
+) -> list[MCRGResult]:
+    """:func:`run_mcrg` for several transformations on the same configurations, in one pass.
+
+    ``replicas[r]`` is the transformation list of replica r (e.g. the r-th of R independently
+    trained filters), ``generators[r]`` its random generator (None: torch's default for all).
+    Every pass of the stream is transformed by each replica with its own generator and
+    accumulated in its own sums; level 0 is measured once and shared. Returns one
+    :class:`MCRGResult` per replica; each equals what :func:`run_mcrg` gives for that replica
+    alone with that generator (the generators see the same sequence of draws), so two replicas
+    with the same filter and equally seeded generators give identical results. ``consumers`` see
+    the levels of replica 0. ``MCRGResult.seconds`` is the time of the whole pass, all replicas.
+    """
+    if not replicas:
+        raise ValueError("run_mcrg_replicas: no transformation given")
+    generators = list(generators) if generators is not None else [None] * len(replicas)
+    if len(generators) != len(replicas):
+        raise ValueError(f"{len(generators)} generators for {len(replicas)} replicas")
+    accs: list[MCRGAccumulator] = []
     waiting: list[tuple[torch.Tensor, ...]] = []
     seconds = 0.0
 
     def flush() -> None:
-        nonlocal acc, seconds
+        nonlocal seconds
         start = time.perf_counter()
         if len(waiting) == 1:
             spins, blocks, *cached = waiting[0]
@@ -424,13 +465,20 @@ def run_mcrg(
             columns = list(zip(*waiting, strict=True))
             spins, blocks, *cached = (torch.cat(column) for column in columns)
         waiting.clear()
-        if acc is None:
-            acc = MCRGAccumulator(n_rg_steps + 1, n_blocks, sets, device=spins.device)
-        levels = iterate(spins, transforms, n_rg_steps, generator)
-        acc.update(levels, blocks, cached[0] if cached else None)
+        if not accs:
+            for _ in replicas:
+                accs.append(MCRGAccumulator(n_rg_steps + 1, n_blocks, sets, device=spins.device))
+        level0 = cached[0] if cached else None
+        if level0 is None and len(replicas) > 1:  # measured once for every replica
+            level0 = measure(spins.to(torch.float32), accs[0].interactions)
+        first: list[torch.Tensor] = []
+        for acc, transforms, generator in zip(accs, replicas, generators, strict=True):
+            levels = iterate(spins, transforms, n_rg_steps, generator)
+            acc.update(levels, blocks, level0)
+            first = first or levels
         seconds += time.perf_counter() - start
         for consumer in consumers:
-            consumer(levels, blocks)
+            consumer(first, blocks)
 
     rows = 0
     for batch in batches:
@@ -444,11 +492,12 @@ def run_mcrg(
             waiting.append(tuple(part.clone() for part in batch))
     if waiting:
         flush()
-    if acc is None:
+    if not accs:
         raise ValueError("no configurations given to MCRG")
-    result = summarize(acc, scale)
-    result.seconds = seconds
-    return result
+    results = [summarize(acc, scale) for acc in accs]
+    for result in results:
+        result.seconds = seconds
+    return results
 
 
 def level0_values(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from rbmrg import checks
-from rbmrg.checkpoint import load_rbm
+from rbmrg.checkpoint import load_rbms
 from rbmrg.rg.rbm import ConvRBM
 
 Transform = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
@@ -106,6 +106,10 @@ class RGTransform:
         rule: the callable of a fixed rule, the same at every level.
         filters: a learned transformation's filters, one per RG step or one reused at every level.
         sources: the checkpoint file of each filter.
+        replicas: from checkpoints of R > 1 independently trained filters (``model.n_replicas``):
+            the ``filters`` of every replica, ``replicas[r][step]``; ``filters`` is ``replicas[0]``
+            (their geometry is the same). Empty for one filter. MCRG measures each replica
+            (:meth:`replica_steps`); :meth:`steps` refuses, so none is dropped without a word.
     """
 
     name: str
@@ -113,6 +117,11 @@ class RGTransform:
     rule: Transform | None = None
     filters: tuple[ConvRBM, ...] = ()
     sources: tuple[str, ...] = ()
+    replicas: tuple[tuple[ConvRBM, ...], ...] = ()
+
+    @property
+    def n_replicas(self) -> int:
+        return max(1, len(self.replicas))
 
     @property
     def filter_sizes(self) -> tuple[int, ...]:
@@ -126,9 +135,20 @@ class RGTransform:
 
     def steps(self, device: str | torch.device = "cpu") -> list[Transform]:
         """The callables of :func:`iterate`, with learned filters moved to ``device``."""
+        if self.replicas:
+            raise ValueError(
+                f"this transformation holds {self.n_replicas} independently trained filters: "
+                "measure each (replica_steps), not one"
+            )
         if self.rule is not None:
             return [self.rule]
         return [rbm(f.to(device)) for f in self.filters]
+
+    def replica_steps(self, device: str | torch.device = "cpu") -> list[list[Transform]]:
+        """:meth:`steps` of every replica (one list for a single transformation)."""
+        if not self.replicas:
+            return [self.steps(device)]
+        return [[rbm(f.to(device)) for f in filters] for filters in self.replicas]
 
 
 def majority_rule(block_size: int = 2) -> RGTransform:
@@ -148,7 +168,8 @@ def learned(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike] | None) -
 
     ``ckpt_path`` is a Lightning checkpoint of the training module or a plain filter file
     (:mod:`rbmrg.checkpoint`); the files are read here, safely, so a bad one is reported before any
-    sampling.
+    sampling. A checkpoint of R > 1 filters (``model.n_replicas``) gives R replicas, all measured;
+    with one file per RG step every file must hold the same R (replica r takes filter r of each).
     """
     if ckpt_path is None:
         raise ValueError(
@@ -157,20 +178,33 @@ def learned(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike] | None) -
         )
     paths = [ckpt_path] if isinstance(ckpt_path, str | os.PathLike) else list(ckpt_path)
     paths = [str(path) for path in paths]
-    filters = []
+    per_file = []
     for path in paths:
         try:
-            filters.append(load_rbm(path))
+            per_file.append(load_rbms(path))
         except ValueError as error:  # also a missing file (MissingCheckpointError)
             raise type(error)(f"ckpt_path={path}: {error}") from None
-    filters = tuple(filters)
+    counts = [len(found) for found in per_file]
+    if len(set(counts)) != 1:
+        raise ValueError(
+            f"ckpt_path: the files hold different numbers of filters {counts} (model.n_replicas); "
+            "replica r takes filter r of every file, so they must hold the same number"
+        )
+    replicas = tuple(zip(*per_file, strict=True))  # replicas[r][step]
+    filters = replicas[0]
     strides = {f.stride for f in filters}
     if len(strides) != 1:
         raise ValueError(
             f"ckpt_path: the filters have different strides {sorted(strides)}; y = ln(lambda)/ln(b) "
             "needs one scale factor b"
         )
-    return RGTransform("rbm", strides.pop(), filters=filters, sources=tuple(paths))
+    return RGTransform(
+        "rbm",
+        strides.pop(),
+        filters=filters,
+        sources=tuple(paths),
+        replicas=replicas if len(replicas) > 1 else (),
+    )
 
 
 def level_sizes(

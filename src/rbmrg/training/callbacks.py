@@ -11,6 +11,17 @@ resume, writes it to ``<output_dir>/mcrg_history.csv`` and draws the figures of 
 the filter every epoch (Fig. 1) and, at the end, y_t against the training step (Fig. 2). A fresh run
 (not resumed from a checkpoint) refuses to start in a directory that holds these files of another run.
 
+With R > 1 filters trained side by side (``model.n_replicas``), every filter is measured on the same
+held-out configurations with the same random block-spin draws (each replica its own generator,
+seeded with ``mcrg.seed``: the filters differ, nothing else), in one pass
+(:func:`rbmrg.rg.mcrg.run_mcrg_replicas`). Each replica r is logged as ``mcrg/replica{r}/y_t/...``
+(and ``y_t_err``, ``y_h``, ``y_h_err``, its jackknife errors); ``mcrg/y_t/...`` then holds the mean
+over replicas, ``mcrg/y_t_spread/...`` their standard deviation (the filter-to-filter spread) and
+``mcrg/y_t_err/...`` the standard error of the mean, spread / sqrt(R) (the same for y_h).
+``mcrg_history.csv`` gets a ``replica`` column: 0..R-1, and ``mean`` for the rows of the mean (whose
+``y_t_err`` is that standard error). The filter image of an epoch shows all R filters side by side;
+Fig. 1 and Fig. 2 show replica 0's filters and the mean y_t.
+
 The rules for the ``mcrg.*`` settings are stated once, in :meth:`MCRGCallback.plan`, which
 ``rbmrg.training.run.train`` calls before any sampling and :meth:`MCRGCallback.measure` calls again
 on the set it measures: the jackknife blocks follow :func:`rbmrg.rg.mcrg.check_blocks` and the RG
@@ -44,11 +55,23 @@ from rbmrg.rg.mcrg import (
     check_blocks,
     level0_values,
     run_mcrg,
+    run_mcrg_replicas,
 )
-from rbmrg.rg.rbm import ConvRBM
+from rbmrg.rg.rbm import ConvRBM, ReplicaRBM
 from rbmrg.rg.transforms import RGTransform, level_sizes
 
 HISTORY_FIELDS = ("epoch", "step", "n_r", "n_c", "y_t", "y_t_err", "y_h", "y_h_err")
+#: The columns with R > 1 replicas: ``replica`` is 0..R-1, or ``mean`` (y_t_err: s.e. over
+#: replicas; y_t_spread: their standard deviation, only on the mean rows).
+REPLICA_HISTORY_FIELDS = (
+    "epoch",
+    "step",
+    "replica",
+    *HISTORY_FIELDS[2:],
+    "y_t_spread",
+    "y_h_spread",
+)
+EXPONENTS = ("y_t", "y_h")
 #: What this callback writes into its run directory (a fresh run refuses to start over them).
 OUTPUTS = ("mcrg_history.csv", "fig1_filters.png", "fig2_yt_vs_step.png", "filters")
 
@@ -145,7 +168,7 @@ class MCRGCallback(pl.Callback):
                 logger.experiment.define_metric("mcrg/epoch")
                 logger.experiment.define_metric("mcrg/*", step_metric="mcrg/epoch")
 
-    def plan(self, rbm: ConvRBM, L: int, n_configs: int, n_chains: int) -> MCRGPlan:
+    def plan(self, rbm: ConvRBM | ReplicaRBM, L: int, n_configs: int, n_chains: int) -> MCRGPlan:
         """Check the ``mcrg.*`` settings against a held-out set of ``n_configs`` configurations from
         ``n_chains`` chains of an L^d lattice and the filter ``rbm``; a ValueError names the setting.
 
@@ -166,18 +189,33 @@ class MCRGCallback(pl.Callback):
                 )
             used = self.n_samples // per_chain
         # The current filter is reapplied on every level, as in the paper and in evaluate.py.
-        transform = RGTransform("rbm", rbm.stride, filters=(rbm,))
+        # (Replicas share their geometry: the plan is that of replica 0.)
+        one = rbm.replica(0) if isinstance(rbm, ReplicaRBM) else rbm
+        transform = RGTransform("rbm", one.stride, filters=(one,))
         level_sizes(L, transform, self.n_rg_steps)  # refuses an N_r the lattice cannot take
         return MCRGPlan(used, used * per_chain, transform)
 
     def measure(self, rbm: ConvRBM, val_set: Any, device: torch.device) -> MCRGResult:
         """MCRG with the filter ``rbm`` (which lives on ``device``) on the chain-major held-out
         set ``val_set``, by the one MCRG driver :func:`rbmrg.rg.mcrg.run_mcrg`."""
+        return self.measure_replicas([rbm], val_set, device)[0]
+
+    def measure_replicas(
+        self, filters: Sequence[ConvRBM], val_set: Any, device: torch.device
+    ) -> list[MCRGResult]:
+        """:meth:`measure` for each of ``filters`` on the same configurations, in one pass, each
+        with its own generator seeded with ``mcrg.seed`` (the same draws for every filter)."""
+        rbm = filters[0]
         spins = val_set.spins
         plan = self.plan(rbm, spins.shape[-1], spins.shape[0], int(val_set.n_chains))
         spins = spins[: plan.n_rows]
-        generator = torch.Generator(device=device)
-        generator.manual_seed(self.seed)
+        generators = [torch.Generator(device=device).manual_seed(self.seed) for _ in filters]
+        replicas = [
+            plan.transform.steps(device)
+            if index == 0
+            else RGTransform("rbm", f.stride, filters=(f,)).steps(device)
+            for index, f in enumerate(filters)
+        ]
         sets = default_sets(spins.ndim - 1)  # the lattice's own interactions, 2D or 3D
         if self._level0 is None or self._level0[0] is not val_set:
             self._level0 = (val_set, level0_values(spins.to(device), sets, self.batch_size))
@@ -195,28 +233,39 @@ class MCRGCallback(pl.Callback):
             # Interactions that do not fit the small levels come back as NaN: the same news every
             # epoch, so that one warning is hidden (singular matrices and empty blocks still show).
             warnings.simplefilter("ignore", UnfitInteractionsWarning)
-            return run_mcrg(
+            if len(filters) == 1:
+                result = run_mcrg(
+                    batches(),
+                    replicas[0],
+                    self.n_rg_steps,
+                    float(plan.transform.scale),
+                    n_blocks=self.n_blocks,
+                    sets=sets,
+                    generator=generators[0],
+                )
+                return [result]
+            return run_mcrg_replicas(
                 batches(),
-                plan.transform.steps(device),
+                replicas,
                 self.n_rg_steps,
                 float(plan.transform.scale),
                 n_blocks=self.n_blocks,
                 sets=sets,
-                generator=generator,
+                generators=generators,
             )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch + 1  # epochs completed, as in the paper's "epoch 1, 3, 5"
-        rbm: ConvRBM = pl_module.rbm
+        rbm: ConvRBM | ReplicaRBM = pl_module.rbm
         # All ranks hold the same filter: rank zero measures, logs and writes for everybody.
         if not trainer.is_global_zero:
             return
         self.filters[epoch] = rbm.weight.detach().cpu().clone()
         run_dir = self.run_dir(trainer)
         if self.filter_images:
-            self._log_filter(trainer, run_dir, epoch)
+            self._log_filter(trainer, run_dir, epoch, isinstance(rbm, ReplicaRBM))
         last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
         if epoch % self.every_n_epochs and not last:
             return
@@ -225,31 +274,32 @@ class MCRGCallback(pl.Callback):
         if val_set is None:
             rank_zero_warn("MCRGCallback: the data module has no val_set; skipping MCRG")
             return
-        result = self.measure(rbm, val_set, pl_module.device)
+        replicated = isinstance(rbm, ReplicaRBM)
+        filters = rbm.replicas() if replicated else [rbm]
+        results = self.measure_replicas(filters, val_set, pl_module.device)
         metrics = {"mcrg/epoch": float(epoch)}
-        for n_r in range(1, result.y["even"].shape[0] + 1):
-            for n_c in range(1, result.y["even"].shape[1] + 1):
-                row = {
-                    "epoch": epoch,
-                    # CD updates (RBMModule counts them; several per Lightning training step).
-                    "step": int(getattr(pl_module, "updates", trainer.global_step)),
-                    "n_r": n_r,
-                    "n_c": n_c,
-                    "y_t": float(result.y["even"][n_r - 1, n_c - 1]),
-                    "y_t_err": float(result.err["even"][n_r - 1, n_c - 1]),
-                    "y_h": float(result.y["odd"][n_r - 1, n_c - 1]),
-                    "y_h_err": float(result.err["odd"][n_r - 1, n_c - 1]),
-                }
-                self.history.append(row)
-                for name in ("y_t", "y_t_err", "y_h", "y_h_err"):
-                    if math.isfinite(row[name]):
-                        metrics[f"mcrg/{name}/nr{n_r}_nc{n_c}"] = row[name]
+        # CD updates (RBMModule counts them; several per Lightning training step).
+        step = int(getattr(pl_module, "updates", trainer.global_step))
+        for n_r in range(1, results[0].y["even"].shape[0] + 1):
+            for n_c in range(1, results[0].y["even"].shape[1] + 1):
+                where = {"epoch": epoch, "step": step, "n_r": n_r, "n_c": n_c}
+                rows = [{**where, **_exponents(result, n_r, n_c)} for result in results]
+                if not replicated:
+                    self.history.append(rows[0])
+                    _add_metrics(metrics, "mcrg", rows[0], n_r, n_c)
+                    continue
+                for index, row in enumerate(rows):
+                    self.history.append({**row, "replica": index})
+                    _add_metrics(metrics, f"mcrg/replica{index}", row, n_r, n_c)
+                summary = _replica_summary(rows)
+                self.history.append({**where, "replica": "mean", **summary})
+                _add_metrics(metrics, "mcrg", summary, n_r, n_c)
         with warnings.catch_warnings():
             # Under DDP only rank zero measures; Lightning's advice to sync across ranks is moot.
             warnings.simplefilter("ignore", PossibleUserWarning)
             pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
         self._write_history(trainer, run_dir)
-        best = [r for r in self.history if r["epoch"] == epoch and r["n_r"] == 1]
+        best = [r for r in self._mean_rows() if r["epoch"] == epoch and r["n_r"] == 1]
         if best:
             shown = ", ".join(f"N_c={r['n_c']}: {r['y_t']:.4f}" for r in best if r["n_c"] in (1, 7))
             rank_zero_info(f"epoch {epoch}: y_t (N_r=1) {shown}")
@@ -259,11 +309,13 @@ class MCRGCallback(pl.Callback):
             return
         run_dir = self.run_dir(trainer)
         last = max(self.filters)
-        panel = {e: self.filters[e] for e in (*self.panel_epochs, last) if e in self.filters}
+        # With replicas, Fig. 1 shows replica 0 and Fig. 2 the mean over replicas.
+        first = (lambda w: w[0]) if isinstance(pl_module.rbm, ReplicaRBM) else (lambda w: w)
+        panel = {e: first(self.filters[e]) for e in (*self.panel_epochs, last) if e in self.filters}
         figures = {"fig1_filters": plots.filter_panel(panel)}
         if self.history:
             figures["fig2_yt_vs_step"] = plots.yt_history_figure(
-                self.history, 1, self.n_cs, dim=pl_module.rbm.dim
+                self._mean_rows(), 1, self.n_cs, dim=pl_module.rbm.dim
             )
         for name, fig in figures.items():
             path = run_dir / f"{name}.png"
@@ -283,13 +335,19 @@ class MCRGCallback(pl.Callback):
                 "ckpt_path=...)"
             )
 
+    def _mean_rows(self) -> list[dict[str, Any]]:
+        """The history of one filter, or of the mean over replicas."""
+        return [row for row in self.history if row.get("replica", "mean") == "mean"]
+
     def _write_history(self, trainer: pl.Trainer, run_dir: Path) -> None:
         # The whole history is rewritten each time: write it aside and rename it into place, so a
         # kill mid-write leaves the previous complete file, never a truncated one.
         path = run_dir / "mcrg_history.csv"
         partial = run_dir / f".mcrg_history.csv.partial-{os.getpid()}"
         with partial.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+            replicated = any("replica" in row for row in self.history)
+            fields = REPLICA_HISTORY_FIELDS if replicated else HISTORY_FIELDS
+            writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
             writer.writerows(self.history)
         os.replace(partial, path)
@@ -298,8 +356,14 @@ class MCRGCallback(pl.Callback):
                 # Files in the run's own directory travel with it (`wandb sync` uploads them).
                 shutil.copy(path, Path(logger.experiment.dir) / path.name)
 
-    def _log_filter(self, trainer: pl.Trainer, run_dir: Path, epoch: int) -> None:
-        fig = plots.filter_figure(self.filters[epoch], f"filter W, epoch {epoch}")
+    def _log_filter(
+        self, trainer: pl.Trainer, run_dir: Path, epoch: int, replicated: bool = False
+    ) -> None:
+        weight = self.filters[epoch]
+        if replicated:  # all R filters side by side, each its own colour scale
+            fig = plots.filter_panel(dict(enumerate(weight)), label="replica")
+        else:
+            fig = plots.filter_figure(weight, f"filter W, epoch {epoch}")
         path = run_dir / "filters" / f"epoch_{epoch:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)
@@ -314,3 +378,34 @@ class MCRGCallback(pl.Callback):
                 )
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_figure(key, fig, trainer.global_step, close=False)
+
+
+def _exponents(result: MCRGResult, n_r: int, n_c: int) -> dict[str, float]:
+    """y_t, y_h and their jackknife errors at (N_r, N_c)."""
+    row = {}
+    for name, set_name in (("y_t", "even"), ("y_h", "odd")):
+        row[name] = float(result.y[set_name][n_r - 1, n_c - 1])
+        row[f"{name}_err"] = float(result.err[set_name][n_r - 1, n_c - 1])
+    return row
+
+
+def _replica_summary(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Mean over replicas, its standard error (``*_err``) and the spread (``*_spread``, the
+    standard deviation over replicas, n - 1 in the denominator); NaN if any replica is NaN."""
+    summary = {}
+    for name in EXPONENTS:
+        values = torch.tensor([row[name] for row in rows], dtype=torch.float64)
+        spread = float(values.std()) if len(values) > 1 else math.nan
+        summary[name] = float(values.mean())
+        summary[f"{name}_err"] = spread / math.sqrt(len(values))
+        summary[f"{name}_spread"] = spread
+    return summary
+
+
+def _add_metrics(
+    metrics: dict[str, float], prefix: str, row: dict[str, Any], n_r: int, n_c: int
+) -> None:
+    """``{prefix}/{name}/nr{N_r}_nc{N_c}`` for every finite exponent entry of ``row``."""
+    for name in ("y_t", "y_t_err", "y_t_spread", "y_h", "y_h_err", "y_h_spread"):
+        if name in row and math.isfinite(row[name]):
+            metrics[f"{prefix}/{name}/nr{n_r}_nc{n_c}"] = row[name]

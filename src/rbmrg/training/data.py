@@ -49,6 +49,12 @@ class ShuffledBatches:
     module runs one CD update per minibatch of a chunk, so the framework's per-step cost is paid once
     per chunk. The sequence of minibatches does not depend on ``chunk``.
 
+    With ``replicas=R > 1`` (R filters trained side by side, ``model.n_replicas``) every replica
+    has its own permutation of the set each epoch: the R permutations of epoch ``e`` are R
+    consecutive draws of that generator (replica 0's is the single run's), each split into the
+    same number of minibatches as a single run, and a chunk is ``(m, R, batch_size, L, ..., L)``,
+    minibatch i of every replica side by side.
+
     Resumable mid-epoch: ``state_dict()`` records the epoch and how many of its minibatches were
     handed out, and after ``load_state_dict()`` the next iteration continues that epoch's permutation
     where it stopped. (Lightning does not fetch ahead from an iterable that has a length, so a chunk
@@ -64,8 +70,10 @@ class ShuffledBatches:
         world_size: int = 1,
         epoch_of: Callable[[], int] | None = None,
         chunk: int = 1,
+        replicas: int = 1,
     ) -> None:
         self.spins = spins
+        self.replicas = checks.integer("model.n_replicas", replicas, 1)
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
@@ -104,15 +112,24 @@ class ShuffledBatches:
 
     def _chunks(self, epoch: int, skip: int) -> Iterator[torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(self.spins.shape[0], generator=generator)
+        orders = [
+            torch.randperm(self.spins.shape[0], generator=generator) for _ in range(self.replicas)
+        ]
         total = self.minibatches
         per_rank = total * self.batch_size
-        mine = order[self.rank :: self.world_size][:per_rank].to(self.spins.device)
+        mine = torch.stack([order[self.rank :: self.world_size][:per_rank] for order in orders]).to(
+            self.spins.device
+        )
+        lattice = self.spins.shape[1:]
         for first in range(skip, total, self.chunk):
             count = min(self.chunk, total - first)
-            rows = mine[first * self.batch_size : (first + count) * self.batch_size]
+            rows = mine[:, first * self.batch_size : (first + count) * self.batch_size]
             self._served += count
-            yield self.spins[rows].view(count, self.batch_size, *self.spins.shape[1:])
+            if self.replicas == 1:
+                yield self.spins[rows[0]].view(count, self.batch_size, *lattice)
+            else:
+                spins = self.spins[rows].view(self.replicas, count, self.batch_size, *lattice)
+                yield spins.transpose(0, 1).contiguous()
 
 
 class IsingDataModule(pl.LightningDataModule):
@@ -299,6 +316,10 @@ class IsingDataModule(pl.LightningDataModule):
         rank = trainer.global_rank if trainer is not None else 0
         world_size = trainer.world_size if trainer is not None else 1
         spins = self.train_set.spins.to(self._training_device(), torch.float32)
+        # The model says how many filters it trains side by side (model.n_replicas): one
+        # minibatch each per update.
+        model = trainer.lightning_module if trainer is not None else None
+        replicas = getattr(model, "n_replicas", 1)
         return ShuffledBatches(
             spins,
             self.batch_size,
@@ -313,6 +334,7 @@ class IsingDataModule(pl.LightningDataModule):
                 else None
             ),
             chunk=self.updates_per_step,
+            replicas=replicas,
         )
 
 

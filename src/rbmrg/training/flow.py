@@ -16,6 +16,8 @@ Only levels that hold every interaction of the set are solved (a coupling of a l
 jointly with the others, see :func:`rbmrg.rg.couplings.check_levels`), and only levels the filter
 can reach (:func:`rbmrg.rg.transforms.level_sizes`): where ``n_rg_steps`` asks for more, the flow
 stops at the last such level, with a warning at the start of the fit.
+
+With R > 1 filters trained side by side (``model.n_replicas``) the flow is that of replica 0 only.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from rbmrg.rg.couplings import CouplingAccumulator, CouplingResult
 from rbmrg.rg.interactions import Interaction, interaction_names
 from rbmrg.rg.interactions_3d import sets_for
 from rbmrg.rg.mcrg import chain_major_batches
-from rbmrg.rg.rbm import ConvRBM
+from rbmrg.rg.rbm import ConvRBM, ReplicaRBM
 from rbmrg.rg.transforms import RGTransform, iterate, level_sizes
 
 #: What this callback writes into its run directory (a fresh run refuses to start over it).
@@ -141,7 +143,9 @@ class RGFlowCallback(pl.Callback):
         val_set = getattr(trainer.datamodule, "val_set", None)
         if val_set is not None:
             spins = val_set.spins
-            plan = self.plan(pl_module.rbm, spins.shape[-1], spins.shape[0], int(val_set.n_chains))
+            plan = self.plan(
+                _first(pl_module.rbm), spins.shape[-1], spins.shape[0], int(val_set.n_chains)
+            )
             if len(plan.sizes) < self.n_rg_steps + 1:
                 rank_zero_warn(
                     f"RG flow: callbacks.rg_flow.n_rg_steps={self.n_rg_steps}, but only levels "
@@ -177,7 +181,7 @@ class RGFlowCallback(pl.Callback):
         if val_set is None:
             rank_zero_warn("RGFlowCallback: the data module has no val_set; no RG flow measured")
             return
-        result = self.measure(pl_module.rbm, val_set, pl_module.device)
+        result = self.measure(_first(pl_module.rbm), val_set, pl_module.device)
         if result is None:
             rank_zero_warn("RGFlowCallback: the interaction set fits no level; nothing measured")
             return
@@ -229,3 +233,8 @@ class RGFlowCallback(pl.Callback):
             writer = csv.DictWriter(handle, fieldnames=FIELDS)
             writer.writeheader()
             writer.writerows(rows)
+
+
+def _first(rbm: ConvRBM | ReplicaRBM) -> ConvRBM:
+    """The filter whose flow is measured: the one, or replica 0 of several."""
+    return rbm.replica(0) if isinstance(rbm, ReplicaRBM) else rbm

@@ -26,6 +26,17 @@ handed to autograd through :class:`rbmrg.training.cd_numba.SurrogateLoss`). ``"a
 lattices on the CPU and torch otherwise. Both draw their random numbers from torch's generator, so
 ``seed_everything`` reproduces a run of either; the two do not draw the same chains. Checkpoints
 carry the generators' states (:func:`rng_states`), so a resumed run continues bit for bit.
+
+``n_replicas=R > 1`` trains R independent filters in one run (:class:`rbmrg.rg.rbm.ReplicaRBM`,
+state-dict key ``rbm.weight`` of shape (R, f, ..., f)): each its own initial draw, its own Gibbs
+noise, its own minibatches (the data module serves chunks (m, R, batch, L, ...), replica r its own
+permutation of the training set, see :class:`rbmrg.training.data.ShuffledBatches`) and its own
+persistent chains (R, batch, L, ...). The loss is the sum of the R surrogate losses, so the gradient
+of filter r is replica r's CD gradient alone, and one Adam over the (R, f, ...) parameter is R
+independent Adams (Adam is elementwise); the learning-rate schedule is common. The torch backend
+runs all R in one grouped convolution; the numba backend calls its kernel once per replica (it
+takes one filter). The logged gap, reconstruction cross-entropy and filter norm are means over
+the replicas.
 """
 
 from __future__ import annotations
@@ -38,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 
-from rbmrg.rg.rbm import ConvRBM
+from rbmrg import checks
+from rbmrg.rg.rbm import ConvRBM, ReplicaRBM
 from rbmrg.training import cd_numba
 from rbmrg.training.schedules import Schedule, SqrtDecay
 
@@ -65,9 +77,11 @@ class RBMModule(pl.LightningModule):
         betas: Adam's (beta1, beta2).
         backend: ``"torch"`` (reference, default), ``"numba"`` (fused CPU kernel) or ``"auto"``.
         dim: lattice dimension, 2 (square f x f filter) or 3 (cubic f x f x f filter).
+        n_replicas: R >= 1 independent filters trained side by side (see the module docstring).
 
-    The filter is the attribute ``rbm`` (state-dict key ``rbm.weight``); ``filter_size`` and ``stride``
-    are saved as hyper-parameters so a checkpoint alone rebuilds the transformation.
+    The filter is the attribute ``rbm`` (state-dict key ``rbm.weight``, a :class:`ConvRBM`; with
+    R > 1 a :class:`ReplicaRBM` of weight (R, f, ..., f)); ``filter_size``, ``stride`` and
+    ``n_replicas`` are saved as hyper-parameters so a checkpoint alone rebuilds the transformation.
     """
 
     def __init__(
@@ -81,8 +95,10 @@ class RBMModule(pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         backend: str = "torch",
         dim: int = 2,
+        n_replicas: int = 1,
     ):
         super().__init__()
+        n_replicas = checks.integer("model.n_replicas", n_replicas, 1)
         if not isinstance(cd_k, int) or isinstance(cd_k, bool) or cd_k < 1:
             raise ValueError(
                 f"model.cd_k={cd_k!r}: contrastive divergence needs k >= 1 Gibbs steps"
@@ -93,9 +109,16 @@ class RBMModule(pl.LightningModule):
         # config is logged with the run instead).
         self.save_hyperparameters(ignore=["schedule"], logger=False)
         self.hparams["betas"] = tuple(float(beta) for beta in betas)
-        self.rbm = ConvRBM(filter_size=filter_size, stride=stride, init_scale=init_scale, dim=dim)
+        if n_replicas == 1:
+            self.rbm = ConvRBM(
+                filter_size=filter_size, stride=stride, init_scale=init_scale, dim=dim
+            )
+        else:
+            self.rbm = ReplicaRBM(n_replicas, filter_size, stride, init_scale, dim)
+        self.n_replicas = n_replicas
         self.schedule = _as_schedule(schedule)
-        self.chains: torch.Tensor | None = None  # persistent chains, (batch_size, L, ..., L)
+        # persistent chains, (batch_size, L, ..., L), or (R, batch_size, L, ..., L)
+        self.chains: torch.Tensor | None = None
         self._gap_sum: torch.Tensor | None = None  # on-device running sum, no host sync per step
         self._gap_count = 0
         self._scheduler_interval = "step"
@@ -117,27 +140,62 @@ class RBMModule(pl.LightningModule):
         """Where the Gibbs chains of this update start: the data (CD) or the persistent chains (PCD)."""
         if not self.hparams.persistent:
             return spins
-        if self.chains is None or self.chains.shape[1:] != spins.shape[1:]:
+        axis = self._batch_axis
+        n = spins.shape[axis]
+        chains = self.chains
+        if chains is None or _without(chains.shape, axis) != _without(spins.shape, axis):
             self.chains = spins.detach().clone()
-        elif self.chains.shape[0] < spins.shape[0]:
-            extra = spins[self.chains.shape[0] :].detach().clone()
-            self.chains = torch.cat([self.chains, extra])
-        return self.chains[: spins.shape[0]].to(spins.device)
+        elif chains.shape[axis] < n:
+            extra = spins.narrow(axis, chains.shape[axis], n - chains.shape[axis]).detach().clone()
+            self.chains = torch.cat([chains, extra], axis)
+        return self.chains.narrow(axis, 0, n).to(spins.device)
+
+    @property
+    def _batch_axis(self) -> int:
+        """Axis of the configurations in a minibatch: 0, or 1 behind the replica axis."""
+        return 0 if self.n_replicas == 1 else 1
+
+    def _keep_chains(self, chain_end: torch.Tensor) -> None:
+        """Store the chain end of this update as the persistent chains of its minibatch slots."""
+        axis = self._batch_axis
+        self.chains.narrow(axis, 0, chain_end.shape[axis]).copy_(chain_end)
 
     def contrastive_divergence(self, spins: torch.Tensor) -> torch.Tensor:
-        """The surrogate loss mean F(data) - mean F(chain end); its gradient is the CD-k gradient."""
+        """The surrogate loss mean F(data) - mean F(chain end); its gradient is the CD-k gradient.
+
+        With R replicas ``spins`` is (R, batch, L, ...) and the loss the sum over replicas of each
+        one's surrogate loss, so that filter r gets replica r's gradient and nothing else.
+        """
         if self.uses_fused_kernel(spins):
             start = self.chain_start(spins) if self.hparams.persistent else None
-            loss, chain_end = cd_numba.contrastive_divergence(
-                self.rbm.weight, spins, start, self.rbm.stride, self.hparams.cd_k
-            )
+            if self.n_replicas == 1:
+                loss, chain_end = cd_numba.contrastive_divergence(
+                    self.rbm.weight, spins, start, self.rbm.stride, self.hparams.cd_k
+                )
+            else:  # the kernel takes one filter: once per replica, each drawing its own seed
+                losses, ends = [], []
+                for r in range(self.n_replicas):
+                    loss_r, end_r = cd_numba.contrastive_divergence(
+                        self.rbm.weight[r],
+                        spins[r],
+                        None if start is None else start[r],
+                        self.rbm.stride,
+                        self.hparams.cd_k,
+                    )
+                    losses.append(loss_r)
+                    ends.append(end_r)
+                loss, chain_end = torch.stack(losses).sum(), torch.stack(ends)
             if self.hparams.persistent:
-                self.chains[: spins.shape[0]] = chain_end
+                self._keep_chains(chain_end)
             return loss
         with torch.no_grad():
             chain_end = self.rbm.gibbs(self.chain_start(spins), self.hparams.cd_k)
             if self.hparams.persistent:
-                self.chains[: spins.shape[0]] = chain_end
+                self._keep_chains(chain_end)
+        if self.n_replicas > 1:
+            n = spins.shape[1]
+            free_energy = self.rbm.free_energy(torch.cat([spins, chain_end], 1))
+            return (free_energy[:, :n].mean(1) - free_energy[:, n:].mean(1)).sum()
         n = spins.shape[0]
         # One pass over data and chain end together: one convolution and one backward instead of two.
         free_energy = self.rbm.free_energy(torch.cat([spins, chain_end]))
@@ -148,7 +206,8 @@ class RBMModule(pl.LightningModule):
         backend = self.hparams.get("backend", "torch")
         if backend == "torch":
             return False
-        fits = self.rbm.dim == 2 and spins.device.type == "cpu" and spins.ndim == 3
+        lattice_axes = 3 if self.n_replicas == 1 else 4  # (R,) batch, L, L
+        fits = self.rbm.dim == 2 and spins.device.type == "cpu" and spins.ndim == lattice_axes
         if backend == "numba" and not fits:
             raise ValueError(
                 f"model.backend=numba runs on square 2D lattices on the CPU only, got a batch of "
@@ -178,12 +237,21 @@ class RBMModule(pl.LightningModule):
         update. The chunk runs inside *one* Lightning optimizer step (its closure), so the framework's
         per-step work (hooks, loop bookkeeping, logging) is paid once per M updates: Lightning's
         ``global_step`` counts training steps, :attr:`updates` counts CD updates. A plain minibatch
-        ``(batch, L, ...)`` is a chunk of one.
+        ``(batch, L, ...)`` is a chunk of one. With R replicas a chunk is (m, R, batch, L, ...) and
+        a plain minibatch (R, batch, L, ...).
         """
         chunk = batch[0] if isinstance(batch, list | tuple) else batch
         chunk = chunk.to(self.rbm.weight.dtype)
-        if chunk.ndim == self.rbm.dim + 1:
+        minibatch_axes = self.rbm.dim + 1 + self._batch_axis
+        if chunk.ndim == minibatch_axes:
             chunk = chunk.unsqueeze(0)
+        if self.n_replicas > 1 and (
+            chunk.ndim != minibatch_axes + 1 or chunk.shape[1] != self.n_replicas
+        ):
+            raise ValueError(
+                f"model.n_replicas={self.n_replicas}: expected chunks (m, {self.n_replicas}, batch, "
+                f"L, ...) with one minibatch per replica, got shape {tuple(chunk.shape)}"
+            )
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         gaps: list[torch.Tensor] = []
@@ -202,7 +270,7 @@ class RBMModule(pl.LightningModule):
             {
                 "train/free_energy_gap": gap.mean(),
                 "train/reconstruction_cross_entropy": self.reconstruction_cross_entropy(chunk[-1]),
-                "train/filter_norm": self.rbm.weight.detach().norm(),
+                "train/filter_norm": self.filter_norm(),
                 "train/lr": optimizer.param_groups[0]["lr"],
                 "train/updates": float(self.updates),
             },
@@ -211,10 +279,18 @@ class RBMModule(pl.LightningModule):
         )
         return gap.mean()
 
+    def filter_norm(self) -> torch.Tensor:
+        """||W|| (Frobenius); with R replicas the mean over replicas of each filter's norm."""
+        weight = self.rbm.weight.detach()
+        if self.n_replicas == 1:
+            return weight.norm()
+        return weight.flatten(1).norm(dim=1).mean()
+
     def _update(
         self, spins: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any
     ) -> torch.Tensor:
-        """One CD-k update on the minibatch ``spins``; returns the free-energy gap."""
+        """One CD-k update on the minibatch ``spins``; returns the free-energy gap (the mean over
+        replicas)."""
         optimizer.zero_grad(set_to_none=True)
         loss = self.contrastive_divergence(spins)
         if self.trainer.world_size > 1:
@@ -225,6 +301,8 @@ class RBMModule(pl.LightningModule):
         if scheduler is not None and self._scheduler_interval == "step":
             scheduler.step()
         self.updates += 1
+        if self.n_replicas > 1:
+            return loss.detach() / self.n_replicas
         return loss.detach()
 
     def on_train_epoch_end(self) -> None:
@@ -292,6 +370,10 @@ class RBMModule(pl.LightningModule):
             )
         else:
             set_rng_states(states)
+
+
+def _without(shape: torch.Size, axis: int) -> tuple[int, ...]:
+    return tuple(shape[:axis]) + tuple(shape[axis + 1 :])
 
 
 def rng_states() -> dict[str, Any]:

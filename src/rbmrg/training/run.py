@@ -282,7 +282,10 @@ def check_checkpoint(cfg: DictConfig) -> dict[str, Any] | None:
             "resume training; evaluate it with evaluate.py)"
         )
     mismatches = [
-        *_mismatches("model", cfg.model, content.get("hyper_parameters") or {}, ()),
+        # A checkpoint from before model.n_replicas existed holds one filter.
+        *_mismatches(
+            "model", cfg.model, {"n_replicas": 1, **(content.get("hyper_parameters") or {})}, ()
+        ),
         *_mismatches(
             "data",
             cfg.data,
