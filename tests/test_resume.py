@@ -181,6 +181,23 @@ def test_resume_in_place_keeps_the_csv_rows_torch_backend_with_persistent_chains
     assert not (run / "csv" / "metrics.csv.before-resume").exists()
 
 
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_resume_of_two_replicas_with_persistent_chains_is_bit_identical(tmp_path, backend):
+    """model.n_replicas=2: both filters, their Adam moments, their persistent chains' updates and
+    the per-replica MCRG history continue bit for bit (grouped torch path; numba once per replica)."""
+    overrides = [
+        *RESUMABLE,
+        "logger=csv",
+        "model.n_replicas=2",
+        f"model.backend={backend}",
+        "model.persistent=true",
+    ]
+    run, reference = crash_and_resume_in_place(tmp_path, overrides)
+    assert_identical(run, reference)
+    assert weights(run)["rbm.weight"].shape == (2, 4, 4)
+    assert "replica" in (run / "mcrg_history.csv").read_text().splitlines()[0]
+
+
 def test_resume_in_place_continues_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
