@@ -99,6 +99,9 @@ def cases(*entries):
         (["data.coupling=abc"], "data.coupling='abc': must be a number"),
         # a constructor's refusal comes out as its ValueError, not wrapped by Hydra
         (["model.cd_k=0"], "model.cd_k=0"),
+        # new setting (issue 13): R independent filters
+        (["model.n_replicas=0"], "model.n_replicas=0: must be an integer >= 1"),
+        (["model.n_replicas=1.5"], "model.n_replicas=1.5: must be an integer >= 1"),
         # failed at the first update, after sampling
         (["data.dim=3", "model.filter_size=2", "model.backend=numba"], "model.backend='numba'"),
         pytest.param(
