@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -115,3 +116,90 @@ def test_backend_setting_is_checked():
     assert not RBMModule().uses_fused_kernel(torch.ones(2, 8, 8))
     with pytest.raises(ValueError, match="backend=numba"):
         RBMModule(backend="numba").uses_fused_kernel(torch.ones(2, 8))
+
+
+def test_kernel_adam_is_torch_adam_to_rounding():
+    """The kernel's Adam against torch.optim.Adam on the same gradients (spanning seven decades, a
+    decaying learning rate): the moments bit for bit, the filter within a few roundings."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(64, generator=generator) * 0.01)
+    optimizer = torch.optim.Adam([weight], lr=1e-3, betas=(0.9, 0.99), eps=1e-8)
+    mine = weight.detach().clone().numpy()
+    initial = mine.copy()
+    exp_avg, exp_avg_sq = np.zeros(64, np.float32), np.zeros(64, np.float32)
+    for step in range(1, 801):
+        grad = torch.randn(64, generator=generator) * 10.0 ** (step % 8 - 6)
+        lr = 1e-3 / step**0.5
+        optimizer.param_groups[0]["lr"] = lr
+        weight.grad = grad.clone()
+        optimizer.step()
+        fast_rbm._adam_step(
+            mine, grad.numpy(), exp_avg, exp_avg_sq, lr, float(step), 0.9, 0.99, 1e-8
+        )
+    state = optimizer.state[weight]
+    assert np.array_equal(exp_avg, state["exp_avg"].numpy())
+    assert np.array_equal(exp_avg_sq, state["exp_avg_sq"].numpy())
+    # 800 steps of size <= 1e-3 (random directions) moved the filter; each may round differently.
+    assert np.abs(mine - initial).max() > 1e-3
+    torch.testing.assert_close(torch.from_numpy(mine), weight.detach(), rtol=0, atol=800 * 2e-9)
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_many_updates_in_one_call_are_the_updates_one_by_one(persistent):
+    """cd_adam_updates over a chunk of M minibatches equals M single updates (cd_update, then the
+    same Adam step), bit for bit: each update's seed, learning rate and chain start are its own."""
+    model = make_rbm(4, 2, scale=0.3, seed=1)
+    generator = torch.Generator().manual_seed(2)
+    chunk = (torch.randint(0, 2, (6, 5, 8, 8), generator=generator) * 2 - 1).float()
+    seeds, lrs = [11, 12, 13, 14, 15, 16], [1e-2 / (1 + t) ** 0.5 for t in range(6)]
+    start = (torch.randint(0, 2, (5, 8, 8), generator=generator) * 2 - 1).float()
+
+    weight = model.weight.detach().float().clone()
+    state = {
+        "step": torch.tensor(3.0),
+        "exp_avg": torch.full((4, 4), 0.01),
+        "exp_avg_sq": torch.full((4, 4), 1e-4),
+    }
+    chains = start.clone() if persistent else None
+    gaps = fast_rbm.cd_adam_updates(
+        weight, chunk, chains, 2, 3, seeds, lrs, state, (0.9, 0.999), 1e-8
+    )
+
+    one = model.weight.detach().float().clone()
+    exp_avg, exp_avg_sq = np.full(16, 0.01, np.float32), np.full(16, 1e-4, np.float32)
+    chain = start.clone()
+    for t in range(6):
+        result = fast_rbm.cd_update(one, chunk[t], chain if persistent else None, 2, 3, seeds[t])
+        chain = result["chain_end"]
+        assert gaps[t] == result["loss_typed"]
+        fast_rbm._adam_step(
+            one.view(-1).numpy(), result["grad_typed"].reshape(-1).numpy(), exp_avg, exp_avg_sq,
+            lrs[t], 4.0 + t, 0.9, 0.999, 1e-8,
+        )  # fmt: skip
+    assert torch.equal(weight, one) and state["step"].item() == 9.0
+    assert np.array_equal(state["exp_avg"].view(-1).numpy(), exp_avg)
+    if persistent:
+        assert torch.equal(chains, chain)
+        # the chains really continue: restarting at the data draws other chains
+        restarted = fast_rbm.cd_update(
+            model.weight.detach().float(), chunk[0], None, 2, 3, seeds[0]
+        )
+        continued = fast_rbm.cd_update(
+            model.weight.detach().float(), chunk[0], start, 2, 3, seeds[0]
+        )
+        assert not torch.equal(restarted["chain_end"], continued["chain_end"])
+
+
+def test_lightning_fuses_adam_only_where_it_is_the_same_update(tmp_path):
+    """One process, plain Adam, a schedule that does not look at the training: one kernel call a
+    chunk. Weight decay (not in the kernel's Adam) falls back to the loop of optimizer steps."""
+    spins = torch.randint(0, 2, (40, 8, 8), generator=torch.Generator().manual_seed(0)) * 2.0 - 1
+    module = RBMModule(filter_size=4, stride=2, backend="numba")
+    fit(module, spins, epochs=1, tmp_path=tmp_path)
+    optimizer = module.optimizers().optimizer
+    chunk = spins[:20].view(2, 10, 8, 8)
+    assert module.fuses_adam(chunk, optimizer, module.lr_schedulers())
+    assert optimizer.state[module.rbm.weight]["step"].item() == module.updates == 4
+    optimizer.param_groups[0]["weight_decay"] = 0.1
+    assert not module.fuses_adam(chunk, optimizer, module.lr_schedulers())
+    assert not RBMModule(filter_size=4, backend="torch").uses_fused_kernel(chunk[0])

@@ -73,6 +73,48 @@ def xoshiro_next(s0, s1, s2, s3):
     return result, s0, s1, s2, s3
 
 
+#: Streams advanced side by side by :func:`fill_uniforms`: enough for LLVM to vectorise the loop
+#: over them (8 or 16 side by side gave a scalar loop; 64 gives 3x the sequential rate).
+LANES = 64
+
+
+@njit(cache=True)
+def seed_lanes(base, group):
+    """States (4, LANES) of group ``group`` of :data:`LANES` streams: lane l is stream
+    ``group LANES + l`` of :func:`seed_streams` (one state word per row)."""
+    state = np.empty((4, LANES), dtype=np.uint64)
+    for lane in range(LANES):
+        k = group * LANES + lane
+        for i in range(4):
+            state[i, lane] = _splitmix64(base + U64(4 * k + i + 1) * _GOLDEN)
+        if (
+            state[0, lane] == 0
+            and state[1, lane] == 0
+            and state[2, lane] == 0
+            and state[3, lane] == 0
+        ):
+            state[0, lane] = U64(1)
+    return state
+
+
+@njit(cache=True, error_model="numpy")
+def fill_uniforms(state, out):
+    """Fill ``out`` (float64, length a multiple of LANES) with uniforms in [0, 1) of 53 bits.
+
+    ``state`` (4, LANES) is a group of xoshiro256++ streams, advanced in place: entry
+    ``r LANES + lane`` of ``out`` is output r of stream ``lane``. The loop over lanes has no
+    dependence between iterations, so it runs in SIMD lanes."""
+    s0, s1, s2, s3 = state[0], state[1], state[2], state[3]
+    for start in range(0, out.shape[0], LANES):
+        block = out[start : start + LANES]
+        for lane in range(LANES):
+            a0, a1, a2, a3 = s0[lane], s1[lane], s2[lane], s3[lane]
+            result, a0, a1, a2, a3 = xoshiro_next(a0, a1, a2, a3)
+            s0[lane], s1[lane], s2[lane], s3[lane] = a0, a1, a2, a3
+            # 53 bits fit an int64, whose conversion to float vectorises (uint64's need not).
+            block[lane] = float(np.int64(result >> U64(11))) * 2.0**-53
+
+
 @njit(cache=True, inline="always")
 def bernoulli_lanes(lanes, digits, n_digits, s0, s1, s2, s3):
     """Independent Bernoulli(p) bits in the set bits of ``lanes``; p = sum_k digits[k] 2^-(k+1).

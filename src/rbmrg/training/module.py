@@ -257,8 +257,11 @@ class RBMModule(pl.LightningModule):
         gaps: list[torch.Tensor] = []
 
         def run_chunk() -> None:
-            for spins in chunk:
-                gaps.append(self._update(spins, optimizer.optimizer, scheduler))
+            if self.fuses_adam(chunk, optimizer.optimizer, scheduler):
+                gaps.extend(self._fused_updates(chunk, optimizer.optimizer, scheduler))
+            else:
+                for spins in chunk:
+                    gaps.append(self._update(spins, optimizer.optimizer, scheduler))
             # The optimizer step that wraps this closure then finds no gradient and changes nothing.
             optimizer.optimizer.zero_grad(set_to_none=True)
 
@@ -304,6 +307,63 @@ class RBMModule(pl.LightningModule):
         if self.n_replicas > 1:
             return loss.detach() / self.n_replicas
         return loss.detach()
+
+    def fuses_adam(self, chunk: torch.Tensor, optimizer: Any, scheduler: Any) -> bool:
+        """Whether the chunk runs as one call of the numba kernel with Adam inside
+        (:func:`rbmrg.training.cd_numba.cd_adam_updates`) instead of M rounds of loss, backward and
+        ``optimizer.step()``: for one filter (replicas call the kernel once per replica), on one
+        process (DDP averages each gradient across ranks), with the plain Adam that
+        :meth:`configure_optimizers` builds and a scheduler whose learning rates do not depend on
+        the training (any ``LRScheduler`` but ``ReduceLROnPlateau``)."""
+        if self.n_replicas > 1 or self.trainer.world_size > 1:
+            return False
+        if not self.uses_fused_kernel(chunk[0]) or type(optimizer) is not torch.optim.Adam:
+            return False
+        if len(optimizer.param_groups) != 1:
+            return False
+        group = optimizer.param_groups[0]
+        extras = ("amsgrad", "maximize", "capturable", "differentiable", "fused", "weight_decay")
+        if any(group.get(key) for key in extras):
+            return False
+        if len(group["params"]) != 1 or group["params"][0] is not self.rbm.weight:
+            return False
+        return scheduler is None or (
+            isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
+            and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        )
+
+    def _fused_updates(
+        self, chunk: torch.Tensor, optimizer: Any, scheduler: Any
+    ) -> list[torch.Tensor]:
+        """The updates of :meth:`_update` for every minibatch of ``chunk``, in one kernel call.
+
+        The learning rate of each update and its Gibbs seed are taken in the order the per-update
+        loop takes them (the rate, then the scheduler's step; one seed per update), and Adam's
+        state lives in the optimizer as usual, so checkpoints and resume see no difference."""
+        group = optimizer.param_groups[0]
+        weight = self.rbm.weight
+        state = optimizer.state[weight]
+        if not state:  # what torch.optim.Adam creates at its first step
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
+        lrs, seeds = [], []
+        for _ in range(chunk.shape[0]):
+            seeds.append(cd_numba.draw_seed())
+            lrs.append(float(group["lr"]))
+            if scheduler is not None and self._scheduler_interval == "step":
+                scheduler.step()
+        chains = None
+        if self.hparams.persistent:
+            self.chain_start(chunk[0])
+            chains = self.chains[: chunk.shape[1]]
+        with torch.no_grad():
+            gaps = cd_numba.cd_adam_updates(
+                weight, chunk, chains, self.rbm.stride, self.hparams.cd_k, seeds, lrs, state,
+                group["betas"], group["eps"],
+            )  # fmt: skip
+        self.updates += chunk.shape[0]
+        return list(gaps.unbind())
 
     def on_train_epoch_end(self) -> None:
         scheduler = self.lr_schedulers()

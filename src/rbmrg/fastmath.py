@@ -1,0 +1,81 @@
+"""Arithmetic for the numba kernels: exp(x) for x <= 0 in a form LLVM vectorises, and a fused
+multiply-add.
+
+A loop that calls ``np.exp`` compiles to one libm call per element: numba's LLVM has no vector math
+library (numba -s: "SVML Operational: False"), so such loops stay scalar, about 6 ns per element on
+this project's CPU. :func:`exp_nonpositive` is plain arithmetic instead (no call, no branch), so a
+loop over it runs in SIMD lanes, about 0.85 ns per element, and is as accurate:
+
+    x = n ln 2 + r,   n = round(x / ln 2),   |r| <= ln 2 / 2
+    exp(x) = 2^n exp(r),  exp(r) by its Taylor polynomial of degree 13 (remainder < 5e-18 relative),
+
+with ln 2 split in two parts (Cody and Waite) so that r is exact to rounding, and 2^n written
+straight into the exponent bits. Measured against libm over 10^6 arguments in [-40, 0]: at most
+1 ulp apart. Arguments below -708 give exp(-708) (about 3e-308) instead of an underflow: for the
+kernels' uses (sigmoid(2x) = 1 / (1 + exp(-2|x|)), tanh |x| = (1 - e) / (1 + e), log 2cosh) the
+difference is far below one rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+_LOG2_E = 1.4426950408889634
+# ln 2 = _LN2_HI + _LN2_LO, _LN2_HI with trailing zero bits so that n * _LN2_HI is exact.
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+#: The smallest argument taken as it is; smaller ones are raised to it (2^n stays a normal number).
+LOWEST = -708.0
+
+
+@intrinsic
+def _bits_as_float64(typingctx, bits):
+    """Reinterpret an int64 as the float64 with the same bits (no conversion, no instruction)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+@njit(cache=True, inline="always", fastmath={"contract"})
+def exp_nonpositive(x):
+    """exp(x) in float64 for x <= 0 (within 1 ulp of libm); see the module doc."""
+    x = max(float(x), LOWEST)
+    n = math.floor(x * _LOG2_E + 0.5)
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    # Horner's rule for sum_(i <= 13) r^i / i!
+    p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return p * _bits_as_float64((int(n) + 1023) << 52)
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a b + c with one rounding (LLVM's fma), in the type of ``a``: what torch's vectorised CPU
+    kernels compute for ``lerp`` and ``addcmul`` on a CPU with FMA (x86-64 since Haswell)."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return a(a, b, c), codegen
