@@ -227,3 +227,13 @@ def test_equal_filters_give_equal_results_on_the_same_configurations(tmp_path):
     np.testing.assert_array_equal(double["y_t"], single["y_t"])
     spread = np.array(double["y_t_spread"])
     assert np.isfinite(spread).any() and (spread[np.isfinite(spread)] == 0).all()
+
+
+def test_two_replicas_on_the_cubic_lattice(tmp_path):
+    """data.dim=3, torch backend: filters (2, 2, 2, 2), each measured."""
+    overrides = [*TINY, "logger=none", "data.dim=3", "model.filter_size=2", "model.n_replicas=2"]
+    cfg = compose_train(tmp_path, [*overrides, "trainer.max_epochs=1"])
+    metrics, objects = training.train(cfg)
+    weight = objects["model"].rbm.weight
+    assert weight.shape == (2, 2, 2, 2) and not torch.equal(weight[0], weight[1])
+    assert "mcrg/replica1/y_t/nr1_nc1" in metrics and "mcrg/y_t_spread/nr1_nc1" in metrics
