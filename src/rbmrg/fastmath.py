@@ -68,6 +68,26 @@ def exp_nonpositive(x):
     return p * _bits_as_float64((int(n) + 1023) << 52)
 
 
+@njit(cache=True, inline="always", fastmath={"contract"})
+def exp_nonpositive_float32(x):
+    """exp(x) in float64 for x <= 0 to float32 accuracy: the Taylor polynomial of degree 7
+    (remainder < 5.3e-9 relative, below the 6e-8 of one float32 rounding); about half the
+    arithmetic of :func:`exp_nonpositive`. For Gibbs probabilities of float32 fields, whose own
+    rounding is the larger error."""
+    x = max(float(x), LOWEST)
+    n = math.floor(x * _LOG2_E + 0.5)
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    p = 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return p * _bits_as_float64((int(n) + 1023) << 52)
+
+
 @intrinsic
 def fma(typingctx, a, b, c):
     """a b + c with one rounding (LLVM's fma), in the type of ``a``: what torch's vectorised CPU

@@ -1,4 +1,4 @@
-"""A fused CPU kernel (numba) for one CD-k update of :class:`rbmrg.rg.rbm.ConvRBM`.
+"""A fused CPU kernel (numba) for CD-k updates of :class:`rbmrg.rg.rbm.ConvRBM`.
 
 The reference CD-k update is plain PyTorch (``ConvRBM.gibbs`` then ``ConvRBM.free_energy`` and
 autograd). At the paper's size (L = 32, 8 x 8 filter, minibatch 10) every tensor op of it is tiny and
@@ -10,26 +10,15 @@ its fixed cost dominates. Here the whole no-grad part runs in one compiled call,
 
 for the data sigma and the chain end sigma_k, and returns the surrogate loss
 ``mean F(data) - mean F(chain end)`` with its gradient, the CD-k estimate
-``<dF/dW>_data - <dF/dW>_chain end``. :class:`SurrogateLoss` hands both to autograd, so Lightning's
-automatic optimisation (``loss.backward()``, Adam, schedules, DDP, checkpoints) works unchanged.
+``<dF/dW>_data - <dF/dW>_chain end``. :class:`SurrogateLoss` hands both to autograd, so
+``loss.backward()``, any optimizer, schedules and DDP work unchanged. The chain of one
+configuration (layout, random numbers, vectorisation) is in :mod:`rbmrg.training.cd_chain`; this
+module runs it over a minibatch, with threads or without (numba's parallel loop even with one
+thread hands the work to its pool, which costs milliseconds a call when the other core is busy).
 
-Layout: a configuration is kept *phase split and padded*: for row and column phases r, s < b,
-``padded[r, s, a Q + m] = sigma[(b a + r) mod L, (b m + s) mod L]`` with Q = L/b + D - 1,
-D = ceil(f / b), and L/b + D rows a (one spare). Window (p, q) entry (u, v) is then
-``padded[u mod b, v mod b, (p + u // b) Q + q + v // b]``, so for one filter entry the entries of
-all windows form a single contiguous run (the columns q >= L/b of the (L/b, Q) field are junk and
-ignored): each inner loop is one long unit-stride loop without modulo, which LLVM vectorises. The
-visible field is the adjoint: ``W[u, v] mu[p, q]`` is added into the same layout, then folded back
-mod L.
-
-Random numbers: one 62-bit seed per call is drawn from a torch generator (the default one unless
-given), so ``seed_everything`` makes a run reproducible. Configuration i of the minibatch draws from
-its own xoshiro256++ stream (:mod:`rbmrg.lattice.rng`), seeded by (seed, i) only, so results do not depend
-on the number of threads. A unit is +1 with probability sigmoid(2 x) (x its field), decided by
-``U < sigmoid(2 x)`` with U a float64 uniform of 53 random bits.
-
-Precision follows the inputs (float32 or float64 fields and probabilities, as in the torch path);
-free energies and the gradient are accumulated in float64.
+Many updates: :func:`cd_adam_updates` runs M consecutive updates, each with its own Adam step (the
+arithmetic of ``torch.optim.Adam``, see :func:`_adam_step`), in one call, so that no Python runs
+between updates; :class:`rbmrg.training.module.RBMModule` uses it for a chunk of minibatches.
 """
 
 from __future__ import annotations
@@ -39,240 +28,11 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from rbmrg.fastmath import exp_nonpositive, fma
-from rbmrg.lattice.rng import LANES, fill_uniforms, seed_lanes, set_threads
+from rbmrg.fastmath import fma
+from rbmrg.lattice.rng import set_threads
+from rbmrg.training.cd_chain import cd_one, layout_tables
 
 _TAG_CD = np.uint64(0x43442D6B)  # keeps these streams apart from the samplers' ones
-
-
-@njit(cache=True)
-def _fill(spins, padded, row_of, col_of):
-    """padded[r, s, a Q + m] = spins[(b a + r) mod L, (b m + s) mod L] (see the module doc)."""
-    b, Q = col_of.shape
-    for r in range(b):
-        for s in range(b):
-            plane = padded[r, s]
-            for a in range(row_of.shape[1]):
-                i = row_of[r, a]
-                for m in range(Q):
-                    plane[a * Q + m] = spins[i, col_of[s, m]]
-
-
-@njit(cache=True)
-def _hidden_field(padded, weight, Q, field):
-    """field[p Q + q] = sum_(u,v) W[u, v] sigma_(b p + u, b q + v); columns q >= L/b are junk.
-
-    For one filter entry (u, v) the window entries of all hidden units form one contiguous run of
-    the padded plane of phases (u mod b, v mod b), shifted by (u // b) Q + v // b: one long loop.
-    """
-    b, f = padded.shape[0], weight.shape[0]
-    n = field.shape[0]
-    field[:] = 0
-    for u in range(f):
-        for v in range(f):
-            w = weight[u, v]
-            shift = (u // b) * Q + v // b
-            source = padded[u % b, v % b, shift : shift + n]
-            for j in range(n):
-                field[j] += w * source[j]
-
-
-@njit(cache=True)
-def _visible_field(block_spins, weight, Q, scratch, field):
-    """field = sum_(windows over a site) W[u, v] mu[p, q], the adjoint of _hidden_field, in the
-    phase-split layout ``field[r, s, a M + m]`` = site (b a + r, b m + s), M = L/b.
-
-    ``block_spins`` is in the (L/b, Q) layout with zeros in the junk columns; the products are added
-    into the padded layout ``scratch`` and then folded back: padded rows a >= M and columns
-    m >= M are the periodic images of rows a - M and columns m - M.
-    """
-    b, f = scratch.shape[0], weight.shape[0]
-    n = block_spins.shape[0]
-    M = Q - (f + b - 1) // b + 1
-    scratch[:] = 0
-    for u in range(f):
-        for v in range(f):
-            w = weight[u, v]
-            shift = (u // b) * Q + v // b
-            target = scratch[u % b, v % b, shift : shift + n]
-            for j in range(n):
-                target[j] += w * block_spins[j]
-    rows = scratch.shape[2] // Q
-    for r in range(b):
-        for s in range(b):
-            plane, out = scratch[r, s], field[r, s]
-            for a in range(M):
-                for m in range(M):
-                    out[a * M + m] = plane[a * Q + m]
-            for a in range(rows):
-                image = (a % M) * M
-                if a >= M:
-                    for m in range(M):
-                        out[image + m] += plane[a * Q + m]
-                for m in range(M, Q):
-                    out[image + m - M] += plane[a * Q + m]
-
-
-@njit(cache=True)
-def _fill_split(split, padded, M, Q):
-    """padded[r, s, a Q + m] = split[r, s, (a mod M) M + (m mod M)]: the padded layout of spins
-    held phase split (see :func:`_visible_field`); row and column runs are plain copies."""
-    b = padded.shape[0]
-    rows = padded.shape[2] // Q
-    for r in range(b):
-        for s in range(b):
-            source, plane = split[r, s], padded[r, s]
-            for a in range(rows):
-                row = (a % M) * M
-                for m in range(M):
-                    plane[a * Q + m] = source[row + m]
-                for m in range(M, Q):
-                    plane[a * Q + m] = source[row + m - M]
-
-
-@njit(cache=True, inline="always", fastmath={"contract"})
-def _up_probability(x):
-    """sigmoid(2 x) = P(unit = +1 | field x), in float64 through the vectorisable exp."""
-    x = float(x)
-    e = exp_nonpositive(-2.0 * abs(x))
-    return 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
-
-
-@njit(cache=True, error_model="numpy")
-def _draw(field, rows, width, stride, lanes, prob, uniforms, out):
-    """out = +1 with probability sigmoid(2 field), else -1, on a flat layout of ``rows`` rows of
-    ``stride`` entries of which the first ``width`` are units; the others (junk columns) get 0.
-
-    Unit (p, q) draws uniform ``p width + q`` of :func:`fill_uniforms` from the stream group
-    ``lanes``. Every loop here is free of calls and of dependences between iterations, so all
-    of them run in SIMD lanes (``error_model="numpy"`` drops the division-by-zero branch that
-    would otherwise keep the first one scalar)."""
-    n = rows * stride
-    for j in range(n):
-        prob[j] = _up_probability(field[j])
-    count = rows * width
-    fill_uniforms(lanes, uniforms[: (count + LANES - 1) // LANES * LANES])
-    for p in range(rows):
-        row = p * stride
-        for q in range(width):
-            out[row + q] = 1.0 if uniforms[p * width + q] < prob[row + q] else -1.0
-        for q in range(width, stride):
-            out[row + q] = 0.0
-
-
-@njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
-def _score(padded, field, weight, Q, M, sign, grad, tanh_field, one_plus):
-    """grad += sign dF/dW (summed in float64); returns F = -sum_j log 2cosh(h_j).
-
-    One exponential serves both: with e = exp(-2|x|), log 2cosh x = |x| + log(1 + e) and
-    tanh|x| = (1 - e) / (1 + e) (the absolute error of the latter is one rounding of 1 - e). The
-    logarithms are summed as the logarithm of one product per row of hidden units (each factor is
-    in (1, 2], so a row of M factors stays far from overflow), which leaves M calls to log instead
-    of M^2. ``reassoc`` lets the sums run in vector lanes (a fixed order, so reproducible)."""
-    b, f = padded.shape[0], weight.shape[0]
-    n = field.shape[0]
-    for j in range(n):
-        x = float(field[j])
-        a = abs(x)
-        e = exp_nonpositive(-(a + a))
-        t = (1.0 - e) / (1.0 + e)
-        tanh_field[j] = t if x >= 0 else -t
-        one_plus[j] = 1.0 + e
-    free = 0.0
-    for p in range(M):
-        row = p * Q
-        for q in range(M, Q):  # the junk columns carry no hidden unit
-            tanh_field[row + q] = 0.0
-        total, product = 0.0, 1.0
-        for q in range(M):
-            total += abs(float(field[row + q]))
-            product *= one_plus[row + q]
-        free -= total + np.log(product)
-    for u in range(f):
-        for v in range(f):
-            shift = (u // b) * Q + v // b
-            source = padded[u % b, v % b, shift : shift + n]
-            total = 0.0
-            for j in range(n):
-                total += tanh_field[j] * source[j]
-            grad[u, v] -= sign * total
-    return free
-
-
-@njit(cache=True)
-def _layout_tables(L, f, b):
-    """row_of[r, a] = (b a + r) mod L and col_of[s, m] = (b m + s) mod L (see the module doc)."""
-    M = L // b
-    D = (f + b - 1) // b
-    Q = M + D - 1
-    # One spare row: the shifted runs of the last window row reach D - 1 entries past the plane.
-    rows = M + D
-    row_of = np.empty((b, rows), dtype=np.int64)
-    for r in range(b):
-        for a in range(rows):
-            row_of[r, a] = (b * a + r) % L
-    col_of = np.empty((b, Q), dtype=np.int64)
-    for s in range(b):
-        for m in range(Q):
-            col_of[s, m] = (b * m + s) % L
-    return row_of, col_of
-
-
-@njit(cache=True)
-def _cd_one(i, data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out):
-    """CD-k for configuration i: the chain from ``start[i]`` to ``chain_end[i]``, the last hidden
-    draw to ``block_spins[i]``, and ``out[i] = (dF/dW(data_i) - dF/dW(chain end_i) flattened,
-    F(data_i), F(chain end_i))``. ``start`` is ``data`` itself for CD (chains start at the data)."""
-    L = data.shape[1]
-    f, b = weight.shape[0], row_of.shape[0]
-    M = L // b
-    Q = col_of.shape[1]
-    rows = row_of.shape[1]
-    padded = np.empty((b, b, rows * Q), dtype=data.dtype)
-    scratch = np.empty((b, b, rows * Q), dtype=data.dtype)
-    field = np.empty(M * Q, dtype=data.dtype)
-    mu = np.empty(M * Q, dtype=data.dtype)
-    visible = np.empty((b, b, M * M), dtype=data.dtype)  # phase split, as the chain's spins
-    split = np.empty((b, b, M * M), dtype=data.dtype)
-    tanh_field = np.empty(M * Q, dtype=np.float64)
-    one_plus = np.empty(M * Q, dtype=np.float64)
-    prob = np.empty(L * L, dtype=np.float64)
-    uniforms = np.empty((L * L + LANES - 1) // LANES * LANES, dtype=np.float64)
-    grad = np.zeros((f, f), dtype=np.float64)
-    lanes = seed_lanes(seed, i)
-    # Data term first; with CD (chains start at the data) its hidden field is the first step's.
-    _fill(data[i], padded, row_of, col_of)
-    _hidden_field(padded, weight, Q, field)
-    free_data = _score(padded, field, weight, Q, M, 1.0, grad, tanh_field, one_plus)
-    if start is not data:
-        _fill(start[i], padded, row_of, col_of)
-        _hidden_field(padded, weight, Q, field)
-    for step in range(k):
-        if step > 0:
-            _hidden_field(padded, weight, Q, field)
-        _draw(field, M, M, Q, lanes, prob, uniforms, mu)
-        _visible_field(mu, weight, Q, scratch, visible)
-        _draw(visible.reshape(L * L), 1, L * L, L * L, lanes, prob, uniforms, split.reshape(L * L))
-        _fill_split(split, padded, M, Q)
-    _hidden_field(padded, weight, Q, field)
-    free_chain = _score(padded, field, weight, Q, M, -1.0, grad, tanh_field, one_plus)
-    spins = chain_end[i]
-    if k == 0:
-        spins[:, :] = start[i]
-    else:
-        for r in range(b):
-            for s in range(b):
-                for a in range(M):
-                    for m in range(M):
-                        spins[b * a + r, b * m + s] = split[r, s, a * M + m]
-    for p in range(M):
-        for q in range(M):
-            block_spins[i, p, q] = mu[p * Q + q]
-    for u in range(f):
-        for v in range(f):
-            out[i, u * f + v] = grad[u, v]
-    out[i, f * f] = free_data
-    out[i, f * f + 1] = free_chain
 
 
 @njit(cache=True)
@@ -292,14 +52,14 @@ def _minibatch_mean(out, mean):
 @njit(cache=True, parallel=True)
 def _cd_parallel(data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out, mean):
     for i in prange(data.shape[0]):
-        _cd_one(i, data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out)
+        cd_one(i, data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out)
     _minibatch_mean(out, mean)
 
 
 @njit(cache=True)
 def _cd_serial(data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out, mean):
     for i in range(data.shape[0]):
-        _cd_one(i, data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out)
+        cd_one(i, data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out)
     _minibatch_mean(out, mean)
 
 
@@ -337,7 +97,7 @@ def cd_update(
     same_start = start is None or start is data
     data = data.detach().to(dtype).contiguous().numpy()
     start = data if same_start else start.detach().to(dtype).contiguous().numpy()
-    row_of, col_of = _layout_tables(L, weight.shape[-1], stride)
+    row_of, col_of = layout_tables(L, weight.shape[-1], stride)
     f = weight.shape[-1]
     # numpy buffers, wrapped without a copy: cheaper than torch allocations at this size.
     chain_end = np.empty_like(data)
@@ -465,9 +225,7 @@ def _chunk_parallel(
         data = chunk[t]
         start = chains if chains.shape[0] > 0 else data
         for i in prange(data.shape[0]):
-            _cd_one(
-                i, data, start, square, k, seeds[t], row_of, col_of, chain_end, block_spins, out
-            )
+            cd_one(i, data, start, square, k, seeds[t], row_of, col_of, chain_end, block_spins, out)
         _minibatch_mean(out, mean)
         _after_update(
             t, mean, weight, exp_avg, exp_avg_sq, lrs, first_step, hyper, gaps, chains, chain_end
@@ -485,9 +243,7 @@ def _chunk_serial(
         data = chunk[t]
         start = chains if chains.shape[0] > 0 else data
         for i in range(data.shape[0]):
-            _cd_one(
-                i, data, start, square, k, seeds[t], row_of, col_of, chain_end, block_spins, out
-            )
+            cd_one(i, data, start, square, k, seeds[t], row_of, col_of, chain_end, block_spins, out)
         _minibatch_mean(out, mean)
         _after_update(
             t, mean, weight, exp_avg, exp_avg_sq, lrs, first_step, hyper, gaps, chains, chain_end
@@ -527,7 +283,7 @@ def cd_adam_updates(
     data = chunk.detach().to(dtype).contiguous().numpy()
     persistent = chains is not None
     chain_array = chains.detach().numpy() if persistent else np.empty((0, L, L), dtype=data.dtype)
-    row_of, col_of = _layout_tables(L, f, stride)
+    row_of, col_of = layout_tables(L, f, stride)
     first_step = float(adam_state["step"].item()) + 1.0
     gaps = np.empty(m, dtype=data.dtype)
     set_threads()
