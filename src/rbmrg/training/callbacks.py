@@ -22,6 +22,13 @@ over replicas, ``mcrg/y_t_spread/...`` their standard deviation (the filter-to-f
 ``y_t_err`` is that standard error). The filter image of an epoch shows all R filters side by side;
 Fig. 1 and Fig. 2 show replica 0's filters and the mean y_t.
 
+With ``background`` (``mcrg.background``; ``auto``: on one process with a GPU or two CPU cores)
+the measurement runs beside training (:mod:`rbmrg.training.background`): at the end of an epoch
+the filter is copied and measured by a worker thread while the next epoch trains, and recorded when
+that epoch ends (or training does); it is logged at the logger step of its snapshot (``mcrg/epoch``
+names the epoch, as always), and the history and figures are those of an in-line measurement.
+Checkpoints hold the snapshot not yet recorded, which a resumed run measures again.
+
 The rules for the ``mcrg.*`` settings are stated once, in :meth:`MCRGCallback.plan`, which
 ``rbmrg.training.run.train`` calls before any sampling and :meth:`MCRGCallback.measure` calls again
 on the set it measures: the jackknife blocks follow :func:`rbmrg.rg.mcrg.check_blocks` and the RG
@@ -31,6 +38,7 @@ lattice cannot take is refused, never cut.
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -59,6 +67,7 @@ from rbmrg.rg.mcrg import (
 )
 from rbmrg.rg.rbm import ConvRBM, ReplicaRBM
 from rbmrg.rg.transforms import RGTransform, level_sizes
+from rbmrg.training.background import Background, resolve_background
 
 HISTORY_FIELDS = ("epoch", "step", "n_r", "n_c", "y_t", "y_t_err", "y_h", "y_h_err")
 #: The columns with R > 1 replicas: ``replica`` is 0..R-1, or ``mean`` (y_t_err: s.e. over
@@ -103,6 +112,7 @@ class MCRGCallback(pl.Callback):
         n_cs: N_c values drawn in the Fig. 2 plot (paper: 7).
         panel_epochs: epochs of the Fig. 1 panel; the last epoch is added.
         filter_images: save (and log) the filter as an image every epoch.
+        background: measure beside training (true, false, or ``"auto"``; see the module doc).
     """
 
     def __init__(
@@ -117,6 +127,7 @@ class MCRGCallback(pl.Callback):
         n_cs: Sequence[int] = (7,),
         panel_epochs: Sequence[int] = (1, 3, 5),
         filter_images: bool = True,
+        background: bool | str = "auto",
     ):
         super().__init__()
         self.every_n_epochs = checks.integer("mcrg.every_n_epochs", every_n_epochs, 1)
@@ -131,6 +142,11 @@ class MCRGCallback(pl.Callback):
         self.n_cs = tuple(checks.integer("mcrg.n_cs", n, 1) for n in n_cs)
         self.panel_epochs = tuple(checks.integer("mcrg.panel_epochs", e, 1) for e in panel_epochs)
         self.filter_images = checks.flag("mcrg.filter_images", filter_images)
+        resolve_background(background, torch.device("cpu"), 1)  # checks the value
+        self.background = background
+        self._worker: Background | None = None
+        #: Snapshots saved in a checkpoint before they were measured (measured after a resume).
+        self._unmeasured: list[dict[str, Any]] = []
         self.history: list[dict[str, float]] = []
         self.filters: dict[int, torch.Tensor] = {}  # epoch -> filter (cpu), for the Fig. 1 panel
         # Level-0 interactions of the held-out set: the same every epoch, so measured once per fit
@@ -145,11 +161,17 @@ class MCRGCallback(pl.Callback):
         return "MCRGCallback"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(row) for row in self.history], "filters": dict(self.filters)}
+        unmeasured = [dict(p.where) for p in self._worker.pending] if self._worker else []
+        return {
+            "history": [dict(row) for row in self.history],
+            "filters": dict(self.filters),
+            "unmeasured": unmeasured,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(row) for row in state_dict.get("history", [])]
         self.filters = {int(k): v for k, v in state_dict.get("filters", {}).items()}
+        self._unmeasured = [dict(where) for where in state_dict.get("unmeasured", [])]
 
     # ---------------------------------------------------------------------------------------------
 
@@ -167,6 +189,9 @@ class MCRGCallback(pl.Callback):
                 # Plot the MCRG curves against the epoch, not against the optimizer step.
                 logger.experiment.define_metric("mcrg/epoch")
                 logger.experiment.define_metric("mcrg/*", step_metric="mcrg/epoch")
+        unmeasured, self._unmeasured = self._unmeasured, []
+        for where in unmeasured:  # snapshots a checkpoint saved before they were measured
+            self._measure_at(trainer, pl_module, where, in_epoch_end=False)
 
     def plan(self, rbm: ConvRBM | ReplicaRBM, L: int, n_configs: int, n_chains: int) -> MCRGPlan:
         """Check the ``mcrg.*`` settings against a held-out set of ``n_configs`` configurations from
@@ -269,21 +294,60 @@ class MCRGCallback(pl.Callback):
         last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
         if epoch % self.every_n_epochs and not last:
             return
-        datamodule = trainer.datamodule
-        val_set = getattr(datamodule, "val_set", None)
+        # CD updates (RBMModule counts them; several per Lightning training step).
+        step = int(getattr(pl_module, "updates", trainer.global_step))
+        # Lightning logs an epoch's end at the logger step of its last training step.
+        where = {"epoch": epoch, "step": step, "log_step": max(trainer.global_step - 1, 0)}
+        self._measure_at(trainer, pl_module, {**where, "weight": self.filters[epoch]}, True)
+
+    def _measure_at(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, where: dict, in_epoch_end: bool
+    ) -> None:
+        """MCRG of the filter ``where["weight"]`` (a snapshot) on the held-out set, now or in the
+        worker; recorded as taken at ``where`` (epoch, CD updates, Lightning's step)."""
+        val_set = getattr(trainer.datamodule, "val_set", None)
         if val_set is None:
             rank_zero_warn("MCRGCallback: the data module has no val_set; skipping MCRG")
             return
-        replicated = isinstance(rbm, ReplicaRBM)
-        filters = rbm.replicas() if replicated else [rbm]
-        results = self.measure_replicas(filters, val_set, pl_module.device)
+        snapshot = copy.deepcopy(pl_module.rbm)
+        with torch.no_grad():
+            snapshot.weight.copy_(where["weight"].to(snapshot.weight.device))
+        filters = snapshot.replicas() if isinstance(snapshot, ReplicaRBM) else [snapshot]
+        if self._worker is None and resolve_background(
+            self.background, pl_module.device, trainer.world_size
+        ):  # started at the first measurement, stopped when the fit ends
+            self._worker = Background(pl_module.device)
+        if self._worker is None:
+            results = self.measure_replicas(filters, val_set, pl_module.device)
+            self._record(trainer, where, results, isinstance(snapshot, ReplicaRBM), in_epoch_end)
+            return
+        where = {**where, "replicated": isinstance(snapshot, ReplicaRBM)}
+        self._worker.submit(where, self.measure_replicas, filters, val_set, pl_module.device)
+        # The one before was measured while this epoch trained: recorded now, at a fixed point of
+        # the run, so that logs and checkpoints do not depend on how fast the worker was.
+        self._record_finished(trainer, keep=1)
+
+    def _record_finished(self, trainer: pl.Trainer, keep: int) -> None:
+        for where, results in self._worker.finished(keep):
+            self._record(trainer, where, results, where["replicated"], now=False)
+
+    def _record(
+        self,
+        trainer: pl.Trainer,
+        where: dict[str, Any],
+        results: Sequence[MCRGResult],
+        replicated: bool,
+        now: bool,
+    ) -> None:
+        """History, logs and files of one measurement: logged through the module while the epoch
+        ends (``now``), else (from the worker, or after a resume) straight to the loggers at the
+        step of its snapshot."""
+        epoch, step = int(where["epoch"]), int(where["step"])
         metrics = {"mcrg/epoch": float(epoch)}
-        # CD updates (RBMModule counts them; several per Lightning training step).
-        step = int(getattr(pl_module, "updates", trainer.global_step))
         for n_r in range(1, results[0].y["even"].shape[0] + 1):
             for n_c in range(1, results[0].y["even"].shape[1] + 1):
-                where = {"epoch": epoch, "step": step, "n_r": n_r, "n_c": n_c}
-                rows = [{**where, **_exponents(result, n_r, n_c)} for result in results]
+                at = {"epoch": epoch, "step": step, "n_r": n_r, "n_c": n_c}
+                rows = [{**at, **_exponents(result, n_r, n_c)} for result in results]
                 if not replicated:
                     self.history.append(rows[0])
                     _add_metrics(metrics, "mcrg", rows[0], n_r, n_c)
@@ -292,19 +356,30 @@ class MCRGCallback(pl.Callback):
                     self.history.append({**row, "replica": index})
                     _add_metrics(metrics, f"mcrg/replica{index}", row, n_r, n_c)
                 summary = _replica_summary(rows)
-                self.history.append({**where, "replica": "mean", **summary})
+                self.history.append({**at, "replica": "mean", **summary})
                 _add_metrics(metrics, "mcrg", summary, n_r, n_c)
-        with warnings.catch_warnings():
-            # Under DDP only rank zero measures; Lightning's advice to sync across ranks is moot.
-            warnings.simplefilter("ignore", PossibleUserWarning)
-            pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
-        self._write_history(trainer, run_dir)
+        if now:
+            with warnings.catch_warnings():
+                # Under DDP only rank zero measures; Lightning's advice to sync is moot.
+                warnings.simplefilter("ignore", PossibleUserWarning)
+                trainer.lightning_module.log_dict(
+                    metrics, on_step=False, on_epoch=True, rank_zero_only=True
+                )
+        else:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=int(where["log_step"]))
+            # Where the values logged through the module land, for monitors and sweepers.
+            trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        self._write_history(trainer, self.run_dir(trainer))
         best = [r for r in self._mean_rows() if r["epoch"] == epoch and r["n_r"] == 1]
         if best:
             shown = ", ".join(f"N_c={r['n_c']}: {r['y_t']:.4f}" for r in best if r["n_c"] in (1, 7))
             rank_zero_info(f"epoch {epoch}: y_t (N_r=1) {shown}")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._worker is not None:  # the measurements still running, then the figures
+            self._record_finished(trainer, keep=0)
+            self._close_worker()
         if not trainer.is_global_zero or not self.filters:
             return
         run_dir = self.run_dir(trainer)
@@ -321,6 +396,17 @@ class MCRGCallback(pl.Callback):
             path = run_dir / f"{name}.png"
             fig.savefig(path)
             self._log_image(trainer, f"figures/{name}", path, fig, caption=name)
+
+    def on_exception(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._close_worker()
+
+    def teardown(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._close_worker()
+
+    def _close_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     # ---------------------------------------------------------------------------------------------
 

@@ -49,14 +49,14 @@ def _minibatch_mean(out, mean):
 # The loop over the minibatch, twice: numba's parallel loop even with one thread hands the work
 # to its pool, which costs milliseconds a call when the other core is busy (measured: 8 ms instead
 # of 0.5), so one thread runs a plain loop instead.
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _cd_parallel(data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out, mean):
     for i in prange(data.shape[0]):
         cd_one(i, data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out)
     _minibatch_mean(out, mean)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _cd_serial(data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out, mean):
     for i in range(data.shape[0]):
         cd_one(i, data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out)
@@ -214,7 +214,7 @@ def _after_update(
         chains[:] = chain_end
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _chunk_parallel(
     chunk, chains, weight, exp_avg, exp_avg_sq, lrs, first_step, hyper, k, seeds,
     row_of, col_of, chain_end, block_spins, out, mean, gaps,
@@ -232,7 +232,7 @@ def _chunk_parallel(
         )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _chunk_serial(
     chunk, chains, weight, exp_avg, exp_avg_sq, lrs, first_step, hyper, k, seeds,
     row_of, col_of, chain_end, block_spins, out, mean, gaps,
