@@ -327,7 +327,7 @@ def step_training(args: argparse.Namespace, budget: Budget, device: torch.device
         stride=2,
         cd_k=3,
         batch_size=10,
-        updates_per_step=50,  # data.updates_per_step's default: updates per Lightning step
+        updates_per_step=200,  # data.updates_per_step's default: updates per Lightning step
         steps=50 if args.quick else 1000,
         warmup=5 if args.quick else 50,
     )

@@ -258,7 +258,7 @@ class RBMModule(pl.LightningModule):
 
         def run_chunk() -> None:
             if self.fuses_adam(chunk, optimizer.optimizer, scheduler):
-                gaps.extend(self._fused_updates(chunk, optimizer.optimizer, scheduler))
+                gaps.extend(self.fused_updates(chunk, optimizer.optimizer, scheduler))
             else:
                 for spins in chunk:
                     gaps.append(self._update(spins, optimizer.optimizer, scheduler))
@@ -332,7 +332,7 @@ class RBMModule(pl.LightningModule):
             and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         )
 
-    def _fused_updates(
+    def fused_updates(
         self, chunk: torch.Tensor, optimizer: Any, scheduler: Any
     ) -> list[torch.Tensor]:
         """The updates of :meth:`_update` for every minibatch of ``chunk``, in one kernel call.
