@@ -7,10 +7,10 @@ submitted and records them (history, logs, files) itself, so only the measuremen
 worker. What keeps the two from slowing each other:
 
 * The CD kernel (numba) releases the GIL, and so do torch's operators, so the threads run at once.
-* On the CPU the cores are shared out: the worker's torch operators get one thread, training the
-  remaining cores (``torch.set_num_threads`` in the main thread; OpenMP keeps a thread count per
-  thread, so each side keeps its own). With two cores: one core trains, the other measures. The
-  main thread's count is restored when the fit ends.
+* On the CPU the cores are shared out: training gets one thread (the numba CD kernel's measured
+  setting), the worker's torch operators the remaining cores (``torch.set_num_threads`` in each
+  thread; OpenMP keeps a thread count per thread). With two cores: one core trains, the other
+  measures. The main thread's count is restored when the fit ends.
 * On CUDA the worker queues its kernels on a stream of its own, after the snapshot was taken on the
   main stream.
 """
@@ -35,10 +35,14 @@ def available_cores() -> int:
 
 
 def resolve_background(setting: bool | str, device: torch.device, world_size: int) -> bool:
-    """``mcrg.background``: true, false, or ``auto`` = true on one process with a GPU or with at
-    least two CPU cores (a core for the measurement), false otherwise."""
+    """``mcrg.background``: true, false, or ``auto`` = true on one process training on a GPU.
+
+    Not on the CPU by default: with the numba backend an epoch of the paper's training (~0.3 s)
+    is far shorter than its MCRG, so splitting two cores costs the MCRG its second thread for
+    almost no overlap (measured: the paper run took longer beside than in line, docs/training.md).
+    """
     if setting == "auto":
-        return world_size == 1 and (device.type == "cuda" or available_cores() >= 2)
+        return world_size == 1 and device.type == "cuda"
     if isinstance(setting, bool):
         return setting
     raise ValueError(f"mcrg.background={setting!r}: expected true, false or auto")
@@ -58,17 +62,17 @@ class Background:
         self.device = device
         self.pending: deque[Pending] = deque()
         self._restore_threads: int | None = None
+        self._worker_threads = max(1, available_cores() - 1)
         if device.type == "cpu":
-            cores = available_cores()
             self._restore_threads = torch.get_num_threads()
-            torch.set_num_threads(max(1, min(self._restore_threads, cores - 1)))
+            torch.set_num_threads(1)
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="mcrg", initializer=self._init_worker
         )
 
     def _init_worker(self) -> None:
         if self.device.type == "cpu":
-            torch.set_num_threads(1)
+            torch.set_num_threads(self._worker_threads)
 
     def submit(self, where: dict[str, Any], measure: Callable[..., Any], *args: Any) -> None:
         """Measure in the worker; ``where`` (epoch, step, ...) comes back with the result."""

@@ -22,7 +22,7 @@ over replicas, ``mcrg/y_t_spread/...`` their standard deviation (the filter-to-f
 ``y_t_err`` is that standard error). The filter image of an epoch shows all R filters side by side;
 Fig. 1 and Fig. 2 show replica 0's filters and the mean y_t.
 
-With ``background`` (``mcrg.background``; ``auto``: on one process with a GPU or two CPU cores)
+With ``background`` (``mcrg.background``; ``auto``: on for one process training on a GPU)
 the measurement runs beside training (:mod:`rbmrg.training.background`): at the end of an epoch
 the filter is copied and measured by a worker thread while the next epoch trains, and recorded when
 that epoch ends (or training does); it is logged at the logger step of its snapshot (``mcrg/epoch``

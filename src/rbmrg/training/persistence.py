@@ -94,7 +94,7 @@ class StepCheckpoint(pl.Callback):
             return
         n = self.every_n_train_steps
         if self._updates(trainer, pl_module) // n > self._steps_before // n:
-            trainer.save_checkpoint(self.dirpath / "last.ckpt")
+            trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)
 
 
 class FlushLoggersAtCheckpoint(pl.Callback):
