@@ -203,3 +203,41 @@ def test_lightning_fuses_adam_only_where_it_is_the_same_update(tmp_path):
     optimizer.param_groups[0]["weight_decay"] = 0.1
     assert not module.fuses_adam(chunk, optimizer, module.lr_schedulers())
     assert not RBMModule(filter_size=4, backend="torch").uses_fused_kernel(chunk[0])
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_replicas_in_one_call_are_each_replicas_updates(persistent):
+    """Two filters: each update is, per replica, the one-filter update with its own filter,
+    minibatch, seed (seeds[t R + r]) and chains, then one Adam step over both; the gap the sum."""
+    generator = torch.Generator().manual_seed(3)
+    weight = (torch.rand(2, 4, 4, generator=generator) - 0.5) * 0.6
+    chunk = (torch.randint(0, 2, (4, 2, 5, 8, 8), generator=generator) * 2 - 1).float()
+    start = (torch.randint(0, 2, (2, 5, 8, 8), generator=generator) * 2 - 1).float()
+    seeds, lrs = list(range(100, 108)), [1e-2, 8e-3, 6e-3, 5e-3]
+    state = {
+        "step": torch.tensor(0.0),
+        "exp_avg": torch.zeros(2, 4, 4),
+        "exp_avg_sq": torch.zeros(2, 4, 4),
+    }
+    fused, chains = weight.clone(), start.clone() if persistent else None
+    gaps = fast_rbm.cd_adam_updates(
+        fused, chunk, chains, 2, 3, seeds, lrs, state, (0.9, 0.999), 1e-8
+    )
+
+    one, moments = weight.clone(), (np.zeros(32, np.float32), np.zeros(32, np.float32))
+    chain = [start[0].clone(), start[1].clone()]
+    for t in range(4):
+        grads, gap = [], torch.tensor(0.0)
+        for r in range(2):
+            result = fast_rbm.cd_update(
+                one[r], chunk[t, r], chain[r] if persistent else None, 2, 3, seeds[2 * t + r]
+            )
+            chain[r] = result["chain_end"]
+            grads.append(result["grad_typed"])
+            gap = result["loss_typed"] if r == 0 else gap + result["loss_typed"]
+        assert gaps[t] == gap
+        grad = torch.stack(grads).reshape(-1).numpy()
+        fast_rbm._adam_step(one.view(-1).numpy(), grad, *moments, lrs[t], t + 1.0, 0.9, 0.999, 1e-8)
+    assert torch.equal(fused, one) and not torch.equal(fused[0], fused[1])
+    if persistent:
+        assert torch.equal(chains, torch.stack(chain))

@@ -200,8 +200,8 @@ def test_bad_settings_raise_naming_the_setting(build, setting):
         build()
 
 
-@pytest.mark.parametrize("backend", ["numba", "torch"])
-def test_updates_per_step_leave_every_update_unchanged(tmp_path, backend):
+@pytest.mark.parametrize("backend, replicas", [("numba", 1), ("torch", 1), ("numba", 2)])
+def test_updates_per_step_leave_every_update_unchanged(tmp_path, backend, replicas):
     """M consecutive updates per training_step (chunks of M minibatches, the last one shorter) give
     the filter of one update per step, bit for bit: same minibatches, same Gibbs draws, same Adam
     steps and learning rates (a decaying schedule, so a shifted lr would show)."""
@@ -211,7 +211,9 @@ def test_updates_per_step_leave_every_update_unchanged(tmp_path, backend):
     weights = {}
     for chunk, seed in ((1, 11), (7, 11), (50, 11), ("control", 12)):
         pl.seed_everything(seed)
-        module = RBMModule(filter_size=4, stride=2, backend=backend, persistent=True)
+        module = RBMModule(
+            filter_size=4, stride=2, backend=backend, persistent=True, n_replicas=replicas
+        )
         module.schedule = SqrtDecay(lr=1e-2, lr_final=1e-3, decay_epochs=2)
         trainer = pl.Trainer(
             max_epochs=3,
@@ -222,7 +224,8 @@ def test_updates_per_step_leave_every_update_unchanged(tmp_path, backend):
             enable_model_summary=False,
             default_root_dir=tmp_path,
         )
-        batches = ShuffledBatches(spins, 10, seed=5, chunk=7 if chunk == "control" else chunk)
+        size = 7 if chunk == "control" else chunk
+        batches = ShuffledBatches(spins, 10, seed=5, chunk=size, replicas=replicas)
         trainer.fit(module, train_dataloaders=batches)
         assert module.updates == 3 * 24  # one CD update per minibatch, whatever the chunk
         assert trainer.global_step == 3 * -(-24 // (7 if chunk == "control" else chunk))

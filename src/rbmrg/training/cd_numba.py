@@ -198,56 +198,63 @@ def _adam_step(weight, grad, exp_avg, exp_avg_sq, lr, step, beta1, beta2, eps):
 
 
 @njit(cache=True)
-def _after_update(
-    t, mean, weight, exp_avg, exp_avg_sq, lrs, first_step, hyper, gaps, chains, chain_end
-):
-    """Update t of a chunk, once the minibatch means are in: the gap, Adam, the persistent chains."""
-    f2 = weight.shape[0]
-    grad = np.empty(f2, dtype=weight.dtype)
+def _replica_done(r, mean, grad, gaps, t, chains, chain_end):
+    """Replica r of update t, once its minibatch means are in: its gradient, its share of the gap
+    (replicas summed in order, in the weight's precision, as ``torch.stack(losses).sum()``), its
+    persistent chains."""
+    f2 = grad.shape[1]
     for c in range(f2):
-        grad[c] = mean[c]
-    gaps[t] = weight.dtype.type(mean[f2]) - weight.dtype.type(mean[f2 + 1])
-    _adam_step(
-        weight, grad, exp_avg, exp_avg_sq, lrs[t], first_step + t, hyper[0], hyper[1], hyper[2]
-    )
+        grad[r, c] = mean[c]
+    gap = grad.dtype.type(mean[f2]) - grad.dtype.type(mean[f2 + 1])
+    gaps[t] = gap if r == 0 else gaps[t] + gap
     if chains.shape[0] > 0:
-        chains[:] = chain_end
+        chains[r] = chain_end
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _chunk_parallel(
     chunk, chains, weight, exp_avg, exp_avg_sq, lrs, first_step, hyper, k, seeds,
-    row_of, col_of, chain_end, block_spins, out, mean, gaps,
+    row_of, col_of, chain_end, block_spins, out, mean, grad, gaps,
 ):  # fmt: skip
-    f = int(np.sqrt(weight.shape[0]) + 0.5)
-    square = weight.reshape((f, f))
+    n_replicas, f2 = weight.shape
+    f = int(np.sqrt(f2) + 0.5)
     for t in range(chunk.shape[0]):
-        data = chunk[t]
-        start = chains if chains.shape[0] > 0 else data
-        for i in prange(data.shape[0]):
-            cd_one(i, data, start, square, k, seeds[t], row_of, col_of, chain_end, block_spins, out)
-        _minibatch_mean(out, mean)
-        _after_update(
-            t, mean, weight, exp_avg, exp_avg_sq, lrs, first_step, hyper, gaps, chains, chain_end
-        )
+        for r in range(n_replicas):
+            data = chunk[t, r]
+            start = chains[r] if chains.shape[0] > 0 else data
+            square = weight[r].reshape((f, f))
+            for i in prange(data.shape[0]):
+                cd_one(i, data, start, square, k, seeds[t, r], row_of, col_of, chain_end,
+                       block_spins, out)  # fmt: skip
+            _minibatch_mean(out, mean)
+            _replica_done(r, mean, grad, gaps, t, chains, chain_end)
+        _adam_step(
+            weight.reshape(-1), grad.reshape(-1), exp_avg, exp_avg_sq, lrs[t], first_step + t,
+            hyper[0], hyper[1], hyper[2],
+        )  # fmt: skip
 
 
 @njit(cache=True, nogil=True)
 def _chunk_serial(
     chunk, chains, weight, exp_avg, exp_avg_sq, lrs, first_step, hyper, k, seeds,
-    row_of, col_of, chain_end, block_spins, out, mean, gaps,
+    row_of, col_of, chain_end, block_spins, out, mean, grad, gaps,
 ):  # fmt: skip
-    f = int(np.sqrt(weight.shape[0]) + 0.5)
-    square = weight.reshape((f, f))
+    n_replicas, f2 = weight.shape
+    f = int(np.sqrt(f2) + 0.5)
     for t in range(chunk.shape[0]):
-        data = chunk[t]
-        start = chains if chains.shape[0] > 0 else data
-        for i in range(data.shape[0]):
-            cd_one(i, data, start, square, k, seeds[t], row_of, col_of, chain_end, block_spins, out)
-        _minibatch_mean(out, mean)
-        _after_update(
-            t, mean, weight, exp_avg, exp_avg_sq, lrs, first_step, hyper, gaps, chains, chain_end
-        )
+        for r in range(n_replicas):
+            data = chunk[t, r]
+            start = chains[r] if chains.shape[0] > 0 else data
+            square = weight[r].reshape((f, f))
+            for i in range(data.shape[0]):
+                cd_one(i, data, start, square, k, seeds[t, r], row_of, col_of, chain_end,
+                       block_spins, out)  # fmt: skip
+            _minibatch_mean(out, mean)
+            _replica_done(r, mean, grad, gaps, t, chains, chain_end)
+        _adam_step(
+            weight.reshape(-1), grad.reshape(-1), exp_avg, exp_avg_sq, lrs[t], first_step + t,
+            hyper[0], hyper[1], hyper[2],
+        )  # fmt: skip
 
 
 def cd_adam_updates(
@@ -271,18 +278,32 @@ def cd_adam_updates(
     (torch's ``exp_avg``, ``exp_avg_sq`` and ``step`` of it) are updated in place, so the optimizer
     and its checkpoints see an ordinary Adam. ``chains`` (persistent CD) are continued in place;
     None restarts every chain at its minibatch.
+
+    R replicas: ``weight`` (R, f, f), ``chunk`` (M, R, n, L, L), ``chains`` (R, n, L, L) and R seeds
+    per update (``seeds[t R + r]`` for replica r); each replica's update is the one-filter update
+    with its own filter, minibatch, seed and chains, Adam steps all R filters at once (it is
+    elementwise), and the gap of update t is the sum over replicas.
     """
-    if weight.device.type != "cpu" or chunk.ndim != 4 or chunk.shape[2] != chunk.shape[3]:
+    replicated = weight.ndim == 3
+    if (
+        weight.device.type != "cpu"
+        or chunk.ndim != 4 + replicated
+        or chunk.shape[-1] != chunk.shape[-2]
+    ):
         raise ValueError(
             f"the fused CD kernel runs on square 2D lattices on the CPU, got {tuple(chunk.shape)} "
             f"on {chunk.device}"
         )
+    if not replicated:  # one filter: a replica axis of 1
+        weight, chunk = weight.unsqueeze(0), chunk.unsqueeze(1)
+        chains = None if chains is None else chains.unsqueeze(0)
     dtype = weight.dtype
-    m, n, L = chunk.shape[0], chunk.shape[1], chunk.shape[-1]
+    m, n_replicas, n, L = chunk.shape[0], chunk.shape[1], chunk.shape[2], chunk.shape[-1]
     f = weight.shape[-1]
     data = chunk.detach().to(dtype).contiguous().numpy()
-    persistent = chains is not None
-    chain_array = chains.detach().numpy() if persistent else np.empty((0, L, L), dtype=data.dtype)
+    chain_array = (
+        np.empty((0, n, L, L), dtype=data.dtype) if chains is None else chains.detach().numpy()
+    )
     row_of, col_of = layout_tables(L, f, stride)
     first_step = float(adam_state["step"].item()) + 1.0
     gaps = np.empty(m, dtype=data.dtype)
@@ -291,20 +312,21 @@ def cd_adam_updates(
     kernel(
         data,
         chain_array,
-        weight.detach().view(-1).numpy(),
+        weight.detach().view(n_replicas, f * f).numpy(),
         adam_state["exp_avg"].view(-1).numpy(),
         adam_state["exp_avg_sq"].view(-1).numpy(),
         np.asarray(lrs, dtype=np.float64),
         first_step,
         np.array([betas[0], betas[1], eps], dtype=np.float64),
         k,
-        np.array([np.uint64(seed) ^ _TAG_CD for seed in seeds], dtype=np.uint64),
+        np.array([np.uint64(seed) ^ _TAG_CD for seed in seeds], dtype=np.uint64).reshape(m, -1),
         row_of,
         col_of,
         np.empty((n, L, L), dtype=data.dtype),
         np.empty((n, L // stride, L // stride), dtype=data.dtype),
         np.empty((n, f * f + 2)),
         np.empty(f * f + 2),
+        np.empty((n_replicas, f * f), dtype=data.dtype),
         gaps,
     )
     adam_state["step"].fill_(first_step + m - 1)

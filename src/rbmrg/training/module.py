@@ -34,8 +34,8 @@ permutation of the training set, see :class:`rbmrg.training.data.ShuffledBatches
 persistent chains (R, batch, L, ...). The loss is the sum of the R surrogate losses, so the gradient
 of filter r is replica r's CD gradient alone, and one Adam over the (R, f, ...) parameter is R
 independent Adams (Adam is elementwise); the learning-rate schedule is common. The torch backend
-runs all R in one grouped convolution; the numba backend calls its kernel once per replica (it
-takes one filter). The logged gap, reconstruction cross-entropy and filter norm are means over
+runs all R in one grouped convolution; the numba backend runs a chunk of all R in one kernel call
+(:meth:`fused_updates`), or, where that does not apply, its one-filter kernel once per replica. The logged gap, reconstruction cross-entropy and filter norm are means over
 the replicas.
 """
 
@@ -311,11 +311,11 @@ class RBMModule(pl.LightningModule):
     def fuses_adam(self, chunk: torch.Tensor, optimizer: Any, scheduler: Any) -> bool:
         """Whether the chunk runs as one call of the numba kernel with Adam inside
         (:func:`rbmrg.training.cd_numba.cd_adam_updates`) instead of M rounds of loss, backward and
-        ``optimizer.step()``: for one filter (replicas call the kernel once per replica), on one
-        process (DDP averages each gradient across ranks), with the plain Adam that
-        :meth:`configure_optimizers` builds and a scheduler whose learning rates do not depend on
-        the training (any ``LRScheduler`` but ``ReduceLROnPlateau``)."""
-        if self.n_replicas > 1 or self.trainer.world_size > 1:
+        ``optimizer.step()``: on one process (DDP averages each gradient across ranks), with the
+        plain Adam that :meth:`configure_optimizers` builds and a scheduler whose learning rates do
+        not depend on the training (any ``LRScheduler`` but ``ReduceLROnPlateau``); one filter or
+        R replicas alike."""
+        if self.trainer.world_size > 1:
             return False
         if not self.uses_fused_kernel(chunk[0]) or type(optimizer) is not torch.optim.Adam:
             return False
@@ -349,20 +349,19 @@ class RBMModule(pl.LightningModule):
             state["exp_avg_sq"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
         lrs, seeds = [], []
         for _ in range(chunk.shape[0]):
-            seeds.append(cd_numba.draw_seed())
+            seeds.extend(cd_numba.draw_seed() for _ in range(self.n_replicas))  # replica order
             lrs.append(float(group["lr"]))
             if scheduler is not None and self._scheduler_interval == "step":
                 scheduler.step()
-        chains = None
-        if self.hparams.persistent:
-            self.chain_start(chunk[0])
-            chains = self.chains[: chunk.shape[1]]
+        chains = self.chain_start(chunk[0]) if self.hparams.persistent else None
         with torch.no_grad():
             gaps = cd_numba.cd_adam_updates(
                 weight, chunk, chains, self.rbm.stride, self.hparams.cd_k, seeds, lrs, state,
                 group["betas"], group["eps"],
             )  # fmt: skip
         self.updates += chunk.shape[0]
+        if self.n_replicas > 1:
+            gaps = gaps / self.n_replicas  # the mean over replicas, as _update returns
         return list(gaps.unbind())
 
     def on_train_epoch_end(self) -> None:
