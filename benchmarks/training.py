@@ -48,8 +48,9 @@ RESULTS = Path(__file__).parent / "results" / "training.jsonl"
 class OnDeviceBatches:
     """Minibatches of an on-device tensor, reshuffled each epoch (the data module's contract)."""
 
-    def __init__(self, spins: torch.Tensor, batch_size: int, n_batches: int):
+    def __init__(self, spins: torch.Tensor, batch_size: int, n_batches: int, replicas: int = 1):
         self.spins, self.batch_size, self.n_batches = spins, batch_size, n_batches
+        self.replicas = replicas
 
     def __len__(self) -> int:
         return self.n_batches
@@ -59,7 +60,9 @@ class OnDeviceBatches:
         shuffled = self.spins[order]
         for index in range(self.n_batches):
             start = (index * self.batch_size) % (shuffled.shape[0] - self.batch_size + 1)
-            yield shuffled[start : start + self.batch_size]
+            batch = shuffled[start : start + self.batch_size]
+            # R replicas: R minibatches (the same one: the cost does not depend on the spins)
+            yield batch if self.replicas == 1 else batch.expand(self.replicas, *batch.shape)
 
 
 def _sync(device: str) -> None:
@@ -74,6 +77,7 @@ def _module(args: argparse.Namespace, backend: str = "torch") -> RBMModule:
         cd_k=args.cd_k,
         schedule=SqrtDecay(1e-3, 1e-4, decay_epochs=25),
         backend=backend,
+        n_replicas=args.replicas,
     )
 
 
@@ -82,7 +86,7 @@ def bare_loop(spins: torch.Tensor, args: argparse.Namespace, device: str, backen
     module = _module(args, backend).to(device)
     optimizer = torch.optim.Adam(module.rbm.parameters(), lr=module.schedule.lr)
     scheduler = module.schedule.build(optimizer, steps_per_epoch=1000)["scheduler"]
-    batches = OnDeviceBatches(spins, args.batch_size, args.steps + args.warmup)
+    batches = OnDeviceBatches(spins, args.batch_size, args.steps + args.warmup, args.replicas)
     if backend == "numba":
         # What RBMModule does with the numba backend: chunks of --updates-per-step minibatches,
         # each chunk one kernel call with Adam inside (RBMModule.fused_updates).
@@ -136,7 +140,9 @@ def lightning_loop(
     IsingDataModule serves them (``data.updates_per_step``)."""
     module = _module(args, backend)
     timer = _Timer(args.warmup, device)
-    batches = ShuffledBatches(spins, args.batch_size, seed=0, chunk=args.updates_per_step)
+    batches = ShuffledBatches(
+        spins, args.batch_size, seed=0, chunk=args.updates_per_step, replicas=args.replicas
+    )
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = pl.Trainer(
@@ -169,7 +175,7 @@ def mcrg_seconds(args: argparse.Namespace, device: str) -> tuple[float, float]:
         )
         n_chains = 100
 
-    module = _module(args).to(device)
+    module = _module(argparse.Namespace(**{**vars(args), "replicas": 1})).to(device)
     callback = MCRGCallback(n_rg_steps=2, n_blocks=20)
     seconds = []
     for _ in range(2):
@@ -195,6 +201,9 @@ def main() -> None:
         "--updates-per-step", type=int, default=200, help="minibatches per training_step (M)"
     )
     parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="filters trained side by side (model.n_replicas)"
+    )
     parser.add_argument("--n-train", type=int, default=10_000)
     parser.add_argument(
         "--n-val", type=int, default=50_000, help="held-out set for the MCRG timing"
@@ -242,6 +251,7 @@ def main() -> None:
                 "steps",
                 "n_val",
                 "updates_per_step",
+                "replicas",
             )
         },
     }
