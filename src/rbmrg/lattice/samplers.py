@@ -8,7 +8,9 @@ them, so no implementation module needs to import the registry (no import circle
 * ``metropolis-msc``: numba multi-spin-coded checkerboard Metropolis, 2D, CPU (:mod:`.msc`);
 * ``metropolis-fused``: Triton checkerboard Metropolis, one kernel launch per ``step``, CUDA (on the
   CPU under Triton's interpreter, for tests) (:mod:`.fused`);
-* ``wolff``: numba single-cluster updates, any dimension, CPU (:mod:`.wolff`).
+* ``wolff``: numba single-cluster updates, any dimension, CPU (:mod:`.wolff`);
+* ``swendsen-wang``: torch Swendsen-Wang cluster updates with label propagation, any dimension,
+  any device (:mod:`.swendsen_wang`).
 
 Also here: the defaults that depend on the machine or on the algorithm's dynamics
 (:func:`resolve_device`, :func:`default_algorithm`, :func:`default_spacing`), and
@@ -23,7 +25,7 @@ from typing import Any
 
 import torch
 
-from rbmrg.lattice import checkerboard, fused, msc, wolff
+from rbmrg.lattice import checkerboard, fused, msc, swendsen_wang, wolff
 from rbmrg.lattice.base import Sampler, SamplerFactory
 from rbmrg.lattice.model import IsingModel
 
@@ -33,6 +35,7 @@ SAMPLERS: dict[str, SamplerFactory] = {
     "metropolis-msc": msc.metropolis_msc,
     "metropolis-fused": fused.metropolis_fused,
     "wolff": wolff.wolff,
+    "swendsen-wang": swendsen_wang.swendsen_wang,
 }
 
 #: Lattice dimensions each algorithm handles (checked before any sampling).
@@ -42,6 +45,7 @@ DIMENSIONS: dict[str, tuple[int, ...]] = {
     "metropolis-msc": (2,),
     "metropolis-fused": (1, 2, 3),
     "wolff": (1, 2, 3),
+    "swendsen-wang": (1, 2, 3),
 }
 
 #: Checks that an algorithm's optional dependencies are installed (raise a ValueError naming it).
@@ -135,16 +139,20 @@ TAU_ABS_M_L32 = {
     "metropolis-msc": (36.9, 1.1),
     "metropolis-fused": (36.9, 1.1),
     "wolff": (1.56, 0.03),
+    # python benchmarks/sampler.py --algorithms swendsen-wang --threads 1 --samples 0 (CPU)
+    "swendsen-wang": (3.25, 0.12),
 }
 #: Dynamic exponent z of tau_int(|m|) ~ L^z in sweeps at K_c, 2D: local updates z = 2.17
 #: (Nightingale & Bloete 2000 give 2.1665(12)); Wolff clusters, in sweeps, about 0.25
-#: (Coddington & Baillie 1992).
+#: (Coddington & Baillie 1992); Swendsen-Wang 0.25 too, an upper estimate (published 2D values
+#: are 0.2-0.25 or a logarithm of L: Du, Zheng & Wang 2006).
 DYNAMIC_EXPONENT = {
     "heatbath": 2.17,
     "metropolis": 2.17,
     "metropolis-msc": 2.17,
     "metropolis-fused": 2.17,
     "wolff": 0.25,
+    "swendsen-wang": 0.25,
 }
 #: Thermalization from a hot start, in units of tau_int(|m|), and its floor in sweeps.
 THERMALIZE_TAUS = 25
@@ -165,7 +173,8 @@ def default_spacing(algorithm: str, L: int, dim: int = 2) -> tuple[int, int]:
     effectively independent, and ``n_thermalize = max(MIN_THERMALIZE, ceil(THERMALIZE_TAUS tau))``,
     for Wolff at least ``200 (L/32)^2`` (:data:`WOLFF_HOT_START`: its hot start is slow).
     At L = 32: n_between = 79 and n_thermalize = 978-980 for the Metropolis samplers, 4 and 200
-    for Wolff; at L = 128 Wolff gets (3200, 5). Only 2D times are measured: other dimensions raise a ValueError (pass the spacing
+    for Wolff, 7 and 200 for Swendsen-Wang; at L = 128 Wolff gets (3200, 5), Swendsen-Wang
+    (200, 10) (its hot start is over after ~50 sweeps at L = 128, docs/sampler.md). Only 2D times are measured: other dimensions raise a ValueError (pass the spacing
     yourself). Check the result: ``SampleSet.tau_int_abs_magnetization``, in units of
     ``n_between``, should come out near 1/2 (the data module warns above 1).
     """
