@@ -9,7 +9,8 @@ For each algorithm it measures, in one run:
 
 * ``updates_per_s``: chains x sweeps x L^2 / wall time of ``step`` (after a warm-up). For Wolff a
   sweep is ``clusters_per_sweep`` clusters, ~L^2 flipped spins on average (rbmrg.lattice.wolff docstring),
-  so its figure counts flipped spins, not visited sites;
+  so its figure counts flipped spins, not visited sites; a Swendsen-Wang sweep is one SW update
+  (every site's bonds drawn, every cluster labelled and flipped with probability 1/2);
 * ``tau_int_energy`` and ``tau_int_abs_m`` in sweeps, from a long run with a sample every sweep or two;
 * ``decorrelated_per_s``: chain-sweeps per second / (2 tau_int), for the energy and for |m|;
 * ``draw_s``: wall time of ``draw_samples`` for ``--samples`` configurations from 1000 chains spaced
@@ -46,7 +47,11 @@ CPU_CASES = [
     ("heatbath", 256, (64, 1500, 4)),
     ("metropolis-msc", 1024, (256, 2000, 2)),
     ("wolff", 256, (128, 1000, 1)),
+    # torch Swendsen-Wang (eager, CPU here; the GPU figures come from benchmarks/gpu_check.py)
+    ("swendsen-wang", 64, (64, 1000, 1)),
 ]
+#: Cluster samplers: short tau_int, thermalized by 200 sweeps at L = 32 (docs/sampler.md).
+CLUSTER = ("wolff", "swendsen-wang")
 
 
 def sweep_rate(model, algorithm, device, n_chains, seconds) -> tuple[float, dict]:
@@ -124,6 +129,7 @@ def main() -> None:
     if torch.cuda.is_available():
         cases += [
             ("metropolis-fused", 65536, (4096, 1500, 2), torch.device("cuda")),
+            ("swendsen-wang", 8192, (1024, 1000, 1), torch.device("cuda")),
             ("metropolis", 8192, (512, 1500, 2), torch.device("cuda")),
             ("heatbath", 8192, (512, 1500, 4), torch.device("cuda")),
         ]
@@ -133,7 +139,7 @@ def main() -> None:
     baseline = {}
     for algorithm, n_chains, (tau_chains, tau_per_chain, tau_between), device in cases:
         if args.L == 32:  # the settings of the records so far
-            tau_thermalize, n_thermalize = (200, 100) if algorithm == "wolff" else (2000, 1000)
+            tau_thermalize, n_thermalize = (200, 100) if algorithm in CLUSTER else (2000, 1000)
         else:  # sweeps between samples follow tau ~ L^z; thermalization default_spacing's rule
             tau_between = max(1, round(tau_between * (args.L / 32) ** DYNAMIC_EXPONENT[algorithm]))
             tau_thermalize = n_thermalize = default_spacing(algorithm, args.L)[0]
