@@ -46,27 +46,22 @@ def _minibatch_mean(out, mean):
         mean[c] = total / n
 
 
-# The loop over the minibatch, twice: numba's parallel loop even with one thread hands the work
-# to its pool, which costs milliseconds a call when the other core is busy (measured: 8 ms instead
-# of 0.5), so one thread runs a plain loop instead.
 @njit(cache=True, nogil=True, parallel=True)
-def _cd_parallel(data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out, mean):
-    for i in prange(data.shape[0]):
-        cd_one(i, data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out)
+def _minibatch(
+    data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out, mean, threaded
+):  # fmt: skip
+    """CD-k for every configuration of the minibatch (:func:`cd_one`), then the means.
+
+    Not ``threaded`` (one thread), a plain loop: numba's parallel loop hands the work to its
+    thread pool even then, which costs milliseconds a call when the other core is busy
+    (measured: 8 ms instead of 0.5)."""
+    if threaded:
+        for i in prange(data.shape[0]):
+            cd_one(i, data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out)
+    else:
+        for i in range(data.shape[0]):
+            cd_one(i, data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out)
     _minibatch_mean(out, mean)
-
-
-@njit(cache=True, nogil=True)
-def _cd_serial(data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out, mean):
-    for i in range(data.shape[0]):
-        cd_one(i, data, start, weight, k, seed, row_of, col_of, chain_end, block_spins, out)
-    _minibatch_mean(out, mean)
-
-
-def _minibatch_loop():
-    """The kernel for the current thread count (see :func:`rbmrg.lattice.rng.set_threads`)."""
-    set_threads()
-    return _cd_parallel if numba.get_num_threads() > 1 else _cd_serial
 
 
 def draw_seed(generator: torch.Generator | None = None) -> int:
@@ -104,7 +99,8 @@ def cd_update(
     block_spins = np.empty((n, L // stride, L // stride), dtype=data.dtype)
     out = np.empty((n, f * f + 2))
     mean = np.empty(f * f + 2)
-    _minibatch_loop()(
+    set_threads()
+    _minibatch(
         data,
         start,
         weight.detach().contiguous().numpy(),
@@ -116,6 +112,7 @@ def cd_update(
         block_spins,
         out,
         mean,
+        numba.get_num_threads() > 1,
     )
     # In the weight's dtype (numpy casts are cheaper than torch ops at this size).
     typed = torch.from_numpy(mean.astype(data.dtype))
@@ -211,34 +208,13 @@ def _replica_done(r, mean, grad, gaps, t, chains, chain_end):
         chains[r] = chain_end
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _chunk_parallel(
-    chunk, chains, weight, exp_avg, exp_avg_sq, lrs, first_step, hyper, k, seeds,
-    row_of, col_of, chain_end, block_spins, out, mean, grad, gaps,
-):  # fmt: skip
-    n_replicas, f2 = weight.shape
-    f = int(np.sqrt(f2) + 0.5)
-    for t in range(chunk.shape[0]):
-        for r in range(n_replicas):
-            data = chunk[t, r]
-            start = chains[r] if chains.shape[0] > 0 else data
-            square = weight[r].reshape((f, f))
-            for i in prange(data.shape[0]):
-                cd_one(i, data, start, square, k, seeds[t, r], row_of, col_of, chain_end,
-                       block_spins, out)  # fmt: skip
-            _minibatch_mean(out, mean)
-            _replica_done(r, mean, grad, gaps, t, chains, chain_end)
-        _adam_step(
-            weight.reshape(-1), grad.reshape(-1), exp_avg, exp_avg_sq, lrs[t], first_step + t,
-            hyper[0], hyper[1], hyper[2],
-        )  # fmt: skip
-
-
 @njit(cache=True, nogil=True)
-def _chunk_serial(
+def _chunk(
     chunk, chains, weight, exp_avg, exp_avg_sq, lrs, first_step, hyper, k, seeds,
-    row_of, col_of, chain_end, block_spins, out, mean, grad, gaps,
+    row_of, col_of, chain_end, block_spins, out, mean, grad, gaps, threaded,
 ):  # fmt: skip
+    """The M updates of :func:`cd_adam_updates`: per update, each replica's minibatch, then one
+    Adam step over all filters."""
     n_replicas, f2 = weight.shape
     f = int(np.sqrt(f2) + 0.5)
     for t in range(chunk.shape[0]):
@@ -246,10 +222,8 @@ def _chunk_serial(
             data = chunk[t, r]
             start = chains[r] if chains.shape[0] > 0 else data
             square = weight[r].reshape((f, f))
-            for i in range(data.shape[0]):
-                cd_one(i, data, start, square, k, seeds[t, r], row_of, col_of, chain_end,
-                       block_spins, out)  # fmt: skip
-            _minibatch_mean(out, mean)
+            _minibatch(data, start, square, k, seeds[t, r], row_of, col_of, chain_end,
+                       block_spins, out, mean, threaded)  # fmt: skip
             _replica_done(r, mean, grad, gaps, t, chains, chain_end)
         _adam_step(
             weight.reshape(-1), grad.reshape(-1), exp_avg, exp_avg_sq, lrs[t], first_step + t,
@@ -308,8 +282,7 @@ def cd_adam_updates(
     first_step = float(adam_state["step"].item()) + 1.0
     gaps = np.empty(m, dtype=data.dtype)
     set_threads()
-    kernel = _chunk_parallel if numba.get_num_threads() > 1 else _chunk_serial
-    kernel(
+    _chunk(
         data,
         chain_array,
         weight.detach().view(n_replicas, f * f).numpy(),
@@ -328,6 +301,7 @@ def cd_adam_updates(
         np.empty(f * f + 2),
         np.empty((n_replicas, f * f), dtype=data.dtype),
         gaps,
+        numba.get_num_threads() > 1,
     )
     adam_state["step"].fill_(first_step + m - 1)
     return torch.from_numpy(gaps)
