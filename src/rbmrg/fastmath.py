@@ -44,48 +44,36 @@ def _bits_as_float64(typingctx, bits):
     return types.float64(types.int64), codegen
 
 
+#: 1 / i! for i <= 13, the Taylor coefficients of exp.
+_INVERSE_FACTORIALS = tuple(1.0 / math.factorial(i) for i in range(14))
+
+
 @njit(cache=True, inline="always", fastmath={"contract"})
-def exp_nonpositive(x):
-    """exp(x) in float64 for x <= 0 (within 1 ulp of libm); see the module doc."""
+def _exp(x, degree):
+    """exp(max(x, LOWEST)) through the Taylor polynomial of exp(r) of ``degree`` (see the module
+    doc); ``degree`` is a constant at every call, so the loop unrolls into Horner's rule."""
     x = max(float(x), LOWEST)
     n = math.floor(x * _LOG2_E + 0.5)
     r = (x - n * _LN2_HI) - n * _LN2_LO
-    # Horner's rule for sum_(i <= 13) r^i / i!
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
+    p = _INVERSE_FACTORIALS[degree]
+    for i in range(degree - 1, -1, -1):
+        p = p * r + _INVERSE_FACTORIALS[i]
     return p * _bits_as_float64((int(n) + 1023) << 52)
 
 
-@njit(cache=True, inline="always", fastmath={"contract"})
+@njit(cache=True, inline="always")
+def exp_nonpositive(x):
+    """exp(x) in float64 for x <= 0 (within 1 ulp of libm): degree 13, see the module doc."""
+    return _exp(x, 13)
+
+
+@njit(cache=True, inline="always")
 def exp_nonpositive_float32(x):
     """exp(x) in float64 for x <= 0 to float32 accuracy: the Taylor polynomial of degree 7
     (remainder < 5.3e-9 relative, below the 6e-8 of one float32 rounding); about half the
     arithmetic of :func:`exp_nonpositive`. For Gibbs probabilities of float32 fields, whose own
     rounding is the larger error."""
-    x = max(float(x), LOWEST)
-    n = math.floor(x * _LOG2_E + 0.5)
-    r = (x - n * _LN2_HI) - n * _LN2_LO
-    p = 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
-    return p * _bits_as_float64((int(n) + 1023) << 52)
+    return _exp(x, 7)
 
 
 @intrinsic
