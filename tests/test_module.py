@@ -35,7 +35,15 @@ class Batches:
             yield self.spins[order[index * self.batch_size : (index + 1) * self.batch_size]]
 
 
-def fit(module: RBMModule, spins: torch.Tensor, epochs: int, tmp_path, batch_size: int = 10):
+def fit(
+    module: RBMModule,
+    spins: torch.Tensor,
+    epochs: int,
+    tmp_path,
+    batch_size: int = 10,
+    batches=None,
+):
+    """Train ``module`` on minibatches of ``spins`` (or on the loader ``batches``), quietly."""
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
@@ -45,7 +53,7 @@ def fit(module: RBMModule, spins: torch.Tensor, epochs: int, tmp_path, batch_siz
         enable_model_summary=False,
         default_root_dir=tmp_path,
     )
-    trainer.fit(module, train_dataloaders=Batches(spins, batch_size))
+    trainer.fit(module, train_dataloaders=batches or Batches(spins, batch_size))
     return trainer
 
 
@@ -215,20 +223,11 @@ def test_updates_per_step_leave_every_update_unchanged(tmp_path, backend, replic
             filter_size=4, stride=2, backend=backend, persistent=True, n_replicas=replicas
         )
         module.schedule = SqrtDecay(lr=1e-2, lr_final=1e-3, decay_epochs=2)
-        trainer = pl.Trainer(
-            max_epochs=3,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-        )
         size = 7 if chunk == "control" else chunk
         batches = ShuffledBatches(spins, 10, seed=5, chunk=size, replicas=replicas)
-        trainer.fit(module, train_dataloaders=batches)
+        trainer = fit(module, spins, 3, tmp_path, batches=batches)
         assert module.updates == 3 * 24  # one CD update per minibatch, whatever the chunk
-        assert trainer.global_step == 3 * -(-24 // (7 if chunk == "control" else chunk))
+        assert trainer.global_step == 3 * -(-24 // size)
         weights[chunk] = module.rbm.weight.detach().clone()
     assert torch.equal(weights[1], weights[7]) and torch.equal(weights[1], weights[50])
     assert not torch.equal(weights[7], weights["control"])  # other Gibbs draws: the test can tell
