@@ -5,11 +5,10 @@ import math
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from helpers import HeldOut
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from test_callbacks import fit
 
 from rbmrg.lattice.model import K_C_2D, IsingModel
 from rbmrg.lattice.sampling import draw_samples
@@ -18,8 +17,6 @@ from rbmrg.rg.interactions import EVEN, EVEN_SETS
 from rbmrg.rg.rbm import ConvRBM
 from rbmrg.rg.transforms import majority
 from rbmrg.training.flow import RGFlowCallback
-from rbmrg.training.module import RBMModule
-from rbmrg.training.schedules import Constant
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -31,27 +28,10 @@ def critical_16():
     return draw_samples(IsingModel(L=16), 1200, n_chains=20, n_thermalize=200, n_between=3, seed=11)
 
 
-def fit(callback, samples, tmp_path, ckpt_path=None):
-    pl.seed_everything(0)
-    module = RBMModule(filter_size=4, stride=2, init_scale=0.05)
-    module.schedule = Constant(1e-2)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        logger=pl.loggers.CSVLogger(tmp_path, name="csv", version=""),
-        callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, datamodule=HeldOut(samples), ckpt_path=ckpt_path)
-    return trainer
-
-
 def test_a_tiny_fit_logs_and_writes_the_flow(critical_16, tmp_path):
     callback = RGFlowCallback(n_rg_steps=2, output_dir=str(tmp_path))
     with pytest.warns(UserWarning, match=r"RG flow: callbacks.rg_flow.n_rg_steps=2, but only"):
-        trainer = fit(callback, critical_16, tmp_path)
+        trainer = fit(callback, critical_16, tmp_path, epochs=1)
     with (tmp_path / "couplings.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     # Levels 16 and 8; the 4x4 level cannot hold the span-2 interactions of the set (cut, warned).
@@ -114,7 +94,7 @@ def test_settings_are_checked_when_built():
 def test_a_fresh_run_does_not_overwrite_couplings_csv(critical_16, tmp_path):
     (tmp_path / "couplings.csv").write_text("earlier run\n")
     with pytest.raises(FileExistsError, match="already holds couplings.csv"):
-        fit(RGFlowCallback(output_dir=str(tmp_path)), critical_16, tmp_path)
+        fit(RGFlowCallback(output_dir=str(tmp_path)), critical_16, tmp_path, epochs=1)
     assert (tmp_path / "couplings.csv").read_text() == "earlier run\n"
 
 

@@ -190,6 +190,17 @@ def fake_checkpoint(path: Path, filter_size: int = 4) -> Path:
     return path
 
 
+def unreadable(path: Path, case: str) -> Path:
+    """``path`` made into the bad file ``case`` names (empty, text, a directory), else left alone."""
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "text":
+        path.write_text("epoch 3, y_t = 0.99\n")
+    elif case == "directory":
+        path.mkdir()
+    return path
+
+
 @pytest.mark.parametrize(
     "case, message",
     [
@@ -204,14 +215,8 @@ def fake_checkpoint(path: Path, filter_size: int = 4) -> Path:
 def test_train_refuses_a_bad_resume_checkpoint_before_sampling(
     tmp_path, no_sampling, case, message
 ):
-    path = tmp_path / f"{case.replace(' ', '_')}.ckpt"
-    if case == "empty":
-        path.write_bytes(b"")
-    elif case == "text":
-        path.write_text("epoch 3, y_t = 0.99\n")
-    elif case == "directory":
-        path.mkdir()
-    elif case == "truncated":
+    path = unreadable(tmp_path / f"{case.replace(' ', '_')}.ckpt", case)
+    if case == "truncated":
         whole = fake_checkpoint(tmp_path / "whole.ckpt").read_bytes()
         path.write_bytes(whole[: len(whole) // 2])
     elif case == "other settings":
@@ -274,14 +279,8 @@ def test_evaluate_refuses_a_bad_setting_before_sampling(tmp_path, no_sampling, o
     ],
 )
 def test_evaluate_names_ckpt_path_for_a_bad_filter_file(tmp_path, no_sampling, case, message):
-    path = tmp_path / f"{case.replace(' ', '_')}.pt"
-    if case == "empty":
-        path.write_bytes(b"")
-    elif case == "text":
-        path.write_text("W = [[0.1, 0.2], [0.3, 0.4]]\n")
-    elif case == "directory":
-        path.mkdir()
-    elif case == "stride 1":
+    path = unreadable(tmp_path / f"{case.replace(' ', '_')}.pt", case)
+    if case == "stride 1":
         torch.save({"weight": torch.ones(2, 2), "stride": 1}, path)
     error = FileNotFoundError if case == "missing" else ValueError
     with pytest.raises(error) as caught:
