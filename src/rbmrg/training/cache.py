@@ -11,13 +11,15 @@ settings are the same, so runs share it through a directory (``data.data_dir``).
   autocorrelation times and their errors, the settings) has its own BLAKE2 checksum, over its dtype,
   shape and bytes; a file whose settings, shapes, dtypes, spin values or any checksum do not match is
   reported with a RuntimeWarning and regenerated, never used;
-* files are written atomically (a temporary file in the same directory, fsync, ``os.replace``), so a
-  crash leaves the old file or none, and with the mode an ordinary new file gets (0666 minus the
-  umask), so a group sharing the directory can read them;
+* files are written atomically (:class:`AtomicFile`: a temporary file in the same directory, fsync,
+  ``os.replace``), so a crash leaves the old file or none, and with the mode an ordinary new file
+  gets (0666 minus the umask), so a group sharing the directory can read them;
 * a directory that cannot be written is refused (ValueError naming ``data.data_dir``) when the cache
   is set up, before anything is sampled.
 
-Nothing here imports Lightning; :class:`rbmrg.training.data.IsingDataModule` is the user.
+Nothing here imports Lightning; :class:`rbmrg.training.data.IsingDataModule` is the user, and
+:mod:`rbmrg.sweep_cache` (evaluate.py's configurations) shares the directory check, the file
+names and :class:`AtomicFile`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import os
 import secrets
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -105,10 +107,10 @@ class SampleCache:
             raise self._refuse(f"cannot be written ({error.strerror or error})") from None
         os.unlink(probe)
 
-    def path(self, settings: dict, stem: str) -> Path:
-        """The file of the set with ``settings``: ``<stem>_<hash of the settings>.pt``."""
+    def path(self, settings: dict, stem: str, suffix: str = ".pt") -> Path:
+        """The file of the set with ``settings``: ``<stem>_<hash of the settings><suffix>``."""
         text = json.dumps(settings, sort_keys=True)
-        return self.directory / f"{stem}_{hashlib.sha256(text.encode()).hexdigest()[:20]}.pt"
+        return self.directory / f"{stem}_{hashlib.sha256(text.encode()).hexdigest()[:20]}{suffix}"
 
     def load(self, path: Path, settings: dict, spin_shape: tuple[int, ...]) -> SampleSet | None:
         """The set stored at ``path`` if it exists and passes every check, else None (warned).
@@ -143,22 +145,60 @@ class SampleCache:
             fields[name] = float(fields[name])
         fields["settings"] = json.dumps(settings, sort_keys=True)
         payload = {**fields, "checksums": {name: digest(value) for name, value in fields.items()}}
+        with AtomicFile(path) as file:
+            torch.save(payload, file.stream)
+
+
+class AtomicFile:
+    """A new file that appears under ``path`` only when complete.
+
+    It is written under a temporary name in the same directory (created with its parents) and
+    renamed onto ``path`` by :meth:`commit` after an fsync, so a crash leaves the old file or none,
+    never half a file under the final name; :meth:`discard` removes it. As a context manager it
+    commits on success and discards on any exception. ``stream`` is the open binary file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        # A temporary name in the same directory, then rename: a crash leaves the old file or none,
-        # never half a file under the final name. os.open with 0o666 lets the umask (and a default
-        # ACL) decide the mode, as for any new file; mkstemp would force 0600.
-        temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self.temporary: Path | None = path.with_name(
+            f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        )
+        # os.open with 0o666 lets the umask (and a default ACL) decide the mode, as for any new
+        # file; mkstemp would force 0600.
+        handle = os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self.stream: BinaryIO = os.fdopen(handle, "wb")
+
+    def commit(self) -> None:
+        """Flush, fsync and rename onto ``path`` (discarded if any of it fails)."""
         try:
-            with os.fdopen(handle, "wb") as stream:
-                torch.save(payload, stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+            self.stream.close()
+            os.replace(self.temporary, self.path)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
+            self.discard()
             raise
+        self.temporary = None
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (nothing after :meth:`commit`; may be repeated)."""
+        if self.temporary is None:
+            return
+        with contextlib.suppress(OSError):
+            self.stream.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temporary)
+        self.temporary = None
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: Any) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
 
 
 def validate(stored: Any, settings: dict, spin_shape: tuple[int, ...]) -> str | None:
