@@ -390,6 +390,7 @@ def step_evaluate(args: argparse.Namespace, budget: Budget, device: torch.device
             f"mcrg.n_samples={n_samples}",
             "progress=false",
             "mcrg.couplings=false",  # exponents only, as the earlier records
+            f"{group}.data_dir=null",  # sample every time: a cached stream would time a read
             f"hydra.run.dir={run_dir}",
         ]
         command = [sys.executable, "evaluate.py", *overrides]

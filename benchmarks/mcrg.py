@@ -85,6 +85,7 @@ def evaluate_run(transform: str, n_samples: int, ckpt: Path | None) -> dict:
         f"mcrg.n_samples={n_samples}",
         "progress=false",
         "mcrg.couplings=false",
+        "data.data_dir=null",  # always sample: it is what is timed
     ]  # exponents only, as the earlier records
     if ckpt is not None:
         overrides.append(f"ckpt_path={ckpt}")

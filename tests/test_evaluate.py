@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from rbmrg import evaluation
+from rbmrg import evaluation, sweep_cache
 from rbmrg.checkpoint import load_rbm, save_filter
 from rbmrg.rg.interactions import EVEN
 from rbmrg.rg.rbm import ConvRBM
@@ -38,8 +38,10 @@ TINY = [
 
 
 def config(*overrides: str):
+    """The composed evaluate config; no sample cache unless an override sets data.data_dir (its
+    default needs a Hydra run, and the tests must not write into the repository's data/)."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("evaluate", overrides=list(overrides))
+        return compose("evaluate", overrides=["data.data_dir=null", *overrides])
 
 
 @pytest.fixture
@@ -185,9 +187,11 @@ def test_existing_results_are_never_overwritten(tmp_path, no_sampling):
 
 
 def test_command_line_run(tmp_path):
-    """``python evaluate.py transform=majority ...`` end to end, in its own Hydra run directory."""
+    """``python evaluate.py transform=majority ...`` end to end, in its own Hydra run directory;
+    the sample cache goes to its default directory, ./data of the launch directory."""
     run_dir = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    env.pop("RBMRG_DATA_DIR", None)
     completed = subprocess.run(
         [sys.executable, str(ROOT / "evaluate.py"), "transform=majority", *TINY,
          "data.L=8", "mcrg.n_rg_steps=1", f"hydra.run.dir={run_dir}"],
@@ -197,6 +201,8 @@ def test_command_line_run(tmp_path):
     assert {"mcrg.json", "mcrg.csv", "table1.md"} <= {p.name for p in run_dir.iterdir()}
     assert "| N_c |" in completed.stdout
     assert not (tmp_path / "mcrg.json").exists()  # nothing written outside the run directory
+    [cache] = (tmp_path / "data").iterdir()
+    assert json.loads((run_dir / "mcrg.json").read_text())["sampler"]["cache"]["path"] == str(cache)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -402,3 +408,179 @@ def test_auto_in_the_data_module_keeps_the_cache_keys_on_the_cpu(tmp_path):
     assert auto.cache_path(10_000, 0) == explicit.cache_path(10_000, 0)
     with pytest.raises(ValueError, match="data.n_thermalize=auto: tau_int is measured for 2D"):
         IsingDataModule(dim=3, L=8, n_thermalize="auto", data_dir=None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The sample cache (data.data_dir, rbmrg.sweep_cache)
+
+#: A tiny majority-rule evaluation: 8x8 -> 4x4, 2000 configurations of 40 chains (50 sweeps).
+CACHED = ["transform=majority", *TINY, "data.L=8", "mcrg.n_rg_steps=1"]
+
+
+def cached(data_dir: Path, *overrides: str):
+    return config(*CACHED, f"data.data_dir={data_dir}", *overrides)
+
+
+def evaluated(tmp_path: Path, name: str, cfg) -> dict:
+    """mcrg.json of a run into its own directory tmp_path/name."""
+    out = tmp_path / name
+    out.mkdir()
+    evaluation.evaluate(cfg, out)
+    return json.loads((out / "mcrg.json").read_text())
+
+
+def numbers(record: dict) -> str:
+    """Every result of a record: all but the timings, where the configurations came from, the
+    config and the command line (NaN compares equal as text)."""
+    kept = {key: value for key, value in record.items() if key not in ("wall_time_s", "config")}
+    kept["sampler"] = {key: value for key, value in record["sampler"].items() if key != "cache"}
+    kept.pop("command")
+    return json.dumps(kept, sort_keys=True)
+
+
+def sampling_refused(*args, **kwargs):
+    """Stands in for the stream's sampler factory where the configurations must be read."""
+    raise AssertionError("a sampler was started although the cache holds the stream")
+
+
+def test_a_second_evaluation_reads_the_configurations_of_the_first(tmp_path, monkeypatch):
+    """The majority rule writes the stream; decimation with the same sampling settings reads it
+    without sampling and gives numbers identical to decimation with no cache at all."""
+    cache = tmp_path / "cache"
+    first = evaluated(tmp_path, "majority", cached(cache))
+    [path] = cache.iterdir()
+    assert first["sampler"]["cache"] == {"path": str(path), "hit": False, "written": True}
+    assert path.name.startswith("sweeps_L8_2000_") and path.suffix == ".bits"
+    assert path.stat().st_size == sweep_cache.HEADER_BYTES + 2000 * 8  # 64 sites: 8 bytes each
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation, "iterate_samples", sampling_refused)
+        second = evaluated(tmp_path, "decimation", cached(cache, "transform=decimation"))
+    assert second["sampler"]["cache"] == {"path": str(path), "hit": True, "written": False}
+    fresh = evaluated(tmp_path, "fresh", config(*CACHED, "transform=decimation"))
+    assert fresh["sampler"]["cache"] is None and fresh["config"]["data"]["data_dir"] is None
+    assert numbers(second) == numbers(fresh)
+    # The same configurations: level 0, tau_int and the thermalization check do not depend on
+    # the transformation; writing the file changed nothing either.
+    for key in ("level0", "tau_int", "thermalized"):
+        assert first[key] == second[key] == fresh[key], key
+    plain = evaluated(tmp_path, "plain", config(*CACHED))
+    assert numbers(first) == numbers(plain)
+    assert [p.name for p in cache.iterdir()] == [path.name]  # nothing else written
+
+
+def test_other_sampling_settings_do_not_hit(tmp_path):
+    cache = tmp_path / "cache"
+    evaluated(tmp_path, "base", cached(cache))
+    for override in ("data.seed=7", "mcrg.n_samples=1000", "data.L=16"):
+        record = evaluated(tmp_path, override.replace("=", "-"), cached(cache, override))
+        assert record["sampler"]["cache"]["hit"] is False, override
+    assert len(list(cache.iterdir())) == 4
+    # Every setting that shapes the stream names another file; the measurement's settings do not.
+    base = evaluation.make_plan(cached(cache)).cache.path
+    for override in ("data.n_chains=20", "data.n_thermalize=21", "data.n_between=2",
+                     "data.coupling=0.3", "data.algorithm=metropolis", "data.device=cpu"):  # fmt: skip
+        path = evaluation.make_plan(cached(cache, override)).cache.path
+        same = override == "data.device=cpu" and not torch.cuda.is_available()  # what auto is
+        assert (path == base) == same, override
+    for override in ("transform=decimation", "mcrg.seed=1", "mcrg.batch_size=400",
+                     "mcrg.couplings=false", "mcrg.n_blocks=40"):  # fmt: skip
+        assert evaluation.make_plan(cached(cache, override)).cache.path == base, override
+
+
+def flip_a_payload_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[sweep_cache.HEADER_BYTES + 100] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+def other_settings(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b'"seed": 12345', b'"seed": 12346', 1))
+
+
+def not_a_cache_file(path: Path) -> None:
+    path.write_bytes(b"not a sweep file")
+
+
+@pytest.mark.parametrize(
+    "damage", [flip_a_payload_byte, truncate, other_settings, not_a_cache_file]
+)
+def test_a_damaged_cache_file_is_warned_about_and_rewritten(tmp_path, damage):
+    cache = tmp_path / "cache"
+    first = evaluated(tmp_path, "first", cached(cache))
+    [path] = cache.iterdir()
+    intact = path.read_bytes()
+    damage(path)
+    assert path.read_bytes() != intact
+    with pytest.warns(RuntimeWarning, match=f"sample cache file {path} is corrupt or stale"):
+        assert evaluation.make_plan(cached(cache)).cache.open() is None
+    again = evaluated(tmp_path, "again", cached(cache))
+    assert again["sampler"]["cache"] == {"path": str(path), "hit": False, "written": True}
+    assert any(f"sample cache file {path} is corrupt" in w for w in again["warnings"])
+    assert path.read_bytes() == intact  # replaced by a good file
+    assert [p.name for p in cache.iterdir()] == [path.name]
+    # The results are those of the first run; only the warning is new.
+    again["warnings"] = [w for w in again["warnings"] if "sample cache" not in w]
+    assert numbers(again) == numbers(first)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_run_leaves_no_cache_file(tmp_path, monkeypatch):
+    def interrupted(stream, *args, **kwargs):
+        for index, _ in enumerate(stream):
+            if index == 10:
+                raise Interrupted
+
+    monkeypatch.setattr(evaluation, "run_mcrg_replicas", interrupted)
+    cache = tmp_path / "cache"
+    with pytest.raises(Interrupted):
+        evaluation.evaluate(cached(cache), tmp_path)
+    assert list(cache.iterdir()) == []  # neither the file nor its temporary
+
+
+def test_a_cache_file_that_cannot_be_written_costs_only_the_file(tmp_path, monkeypatch):
+    def full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sweep_cache.SweepWriter, "_append", full)
+    cache = tmp_path / "cache"
+    record = evaluated(tmp_path, "full", cached(cache))
+    assert record["sampler"]["cache"]["written"] is False
+    assert any("not written (No space left on device)" in w for w in record["warnings"])
+    assert list(cache.iterdir()) == []
+    assert math.isfinite(record["y_t"][0][0])
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "read-only"])
+def test_a_cache_dir_that_cannot_be_written_is_refused_before_sampling(
+    tmp_path, no_sampling, where
+):
+    if where == "read-only" and os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories")
+    blocker = tmp_path / "cache"
+    if where == "read-only":
+        blocker.mkdir(mode=0o500)
+    else:
+        blocker.write_text("not a directory")
+    data_dir = blocker / "sub" if where == "under a file" else blocker
+    with pytest.raises(ValueError, match=f"data.data_dir='{data_dir}': ") as error:
+        evaluation.evaluate(cached(data_dir), tmp_path / "out")
+    assert ("cannot be written" if where == "read-only" else "not a directory") in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8), (2, 6, 6), (2, 4, 4, 4)])
+def test_packed_sweeps_round_trip(shape):
+    """One bit a site, rounded up to whole bytes per chain (6x6 = 36 sites: 5 bytes)."""
+    spins = torch.randint(0, 2, shape, generator=torch.Generator().manual_seed(0)).float() * 2 - 1
+    data = sweep_cache.pack(spins)
+    assert len(data) == shape[0] * -(-math.prod(shape[1:]) // 8)
+    back = sweep_cache.unpack(data, shape, torch.device("cpu"))
+    assert back.dtype == torch.float32 and torch.equal(back, spins)

@@ -384,9 +384,12 @@ def test_a_3d_filter_file_round_trips(tmp_path):
 
 
 def evaluate_config(*overrides: str):
-    """``python evaluate.py experiment=ising3d <overrides>``, composed as the command line does."""
+    """``python evaluate.py experiment=ising3d <overrides>``, composed as the command line does
+    (without the sample cache, whose default directory needs a Hydra run)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("evaluate", overrides=["experiment=ising3d", *overrides])
+        return compose(
+            "evaluate", overrides=["experiment=ising3d", "data.data_dir=null", *overrides]
+        )
 
 
 #: A tiny 3D evaluation: 8^3 -> 4^3, 2000 configurations.

@@ -15,6 +15,12 @@ the GPU and its fused sampler where there is one, the CPU samplers otherwise, sp
 measured tau_int (:func:`rbmrg.lattice.samplers.resolve_sampling`); mcrg.json records what they
 resolved to.
 
+With ``data.data_dir`` (default: the training sample cache's directory) the configurations are kept
+on disk, bit-packed (L^d/8 bytes each; 128 MB for 10^6 at L = 32), in one file per sampling setup
+(:mod:`rbmrg.sweep_cache`): a second evaluation with the same model, resolved sampler settings, seed
+and ``mcrg.n_samples`` reads them back instead of sampling, with results bit-identical to sampling.
+``data.data_dir=null`` turns it off; mcrg.json's ``sampler.cache`` says where they came from.
+
 :func:`make_plan` checks every setting and reads the checkpoints before any sampling; :func:`run`
 samples and measures; :func:`evaluate` does both and writes the files of :mod:`rbmrg.reports`.
 ``evaluate.py`` is the Hydra entry point over :func:`evaluate`.
@@ -63,6 +69,7 @@ from rbmrg.rg.interactions import Interaction, interaction_names
 from rbmrg.rg.interactions_3d import sets_for
 from rbmrg.rg.mcrg import EXPONENT_SET, MCRGResult, chain_blocks, check_blocks, run_mcrg_replicas
 from rbmrg.rg.transforms import RGTransform, level_sizes
+from rbmrg.sweep_cache import SweepCache, SweepReader, SweepWriter
 
 log = logging.getLogger("evaluate")
 
@@ -92,6 +99,8 @@ class Plan:
     couplings_levels: int = 0
     #: Warnings found before sampling (logged and recorded with those of the run).
     notes: list[str] | None = None
+    #: The on-disk copy of this sample stream (``data.data_dir``); None: always sample.
+    cache: SweepCache | None = None
 
 
 def make_plan(cfg: DictConfig) -> Plan:
@@ -156,6 +165,8 @@ def make_plan(cfg: DictConfig) -> Plan:
     couplings_samples, couplings_levels = _couplings_plan(
         mcrg, sets["even"], sizes, n_samples, sampler["n_chains"], notes
     )
+    # Last: every other setting is reported first, and nothing has been sampled yet.
+    cache = _sweep_cache(data.get("data_dir"), model, sampler, n_samples)
     return Plan(
         transform=transform,
         model=model,
@@ -171,7 +182,34 @@ def make_plan(cfg: DictConfig) -> Plan:
         couplings_samples=couplings_samples,
         couplings_levels=couplings_levels,
         notes=notes,
+        cache=cache,
     )
+
+
+def _sweep_cache(
+    data_dir: Any, model: IsingModel, sampler: dict[str, Any], n_samples: int
+) -> SweepCache | None:
+    """The sample cache of this stream in ``data.data_dir`` (None: off); ValueError naming
+    ``data.data_dir`` unless the file can be written there. Its key is everything that determines
+    the stream: the model, the resolved sampler settings and the number of samples."""
+    if data_dir is None:
+        return None
+    if not isinstance(data_dir, str) or not data_dir:
+        raise ValueError(
+            f"data.data_dir={data_dir!r}: must be a directory, or null to sample without a cache"
+        )
+    keys = ("algorithm", "n_chains", "n_thermalize", "n_between", "seed", "device")
+    settings = {
+        "L": model.L,
+        "coupling": model.coupling,
+        "dim": model.dim,
+        **{key: sampler[key] for key in keys},
+        "n_samples": n_samples,
+    }
+    n_chains = sampler["n_chains"]
+    cache = SweepCache(data_dir, settings, (n_chains, *model.shape), n_samples // n_chains)
+    cache.check_writable()
+    return cache
 
 
 def _plain(value: Any) -> Any:
@@ -243,7 +281,13 @@ class _CouplingFeed:
 
 
 class _Tracked:
-    """The sample stream with block indices, keeping E and |M| of a few chains for tau_int."""
+    """The sample stream with block indices, keeping E and |M| of a few chains for tau_int.
+
+    With a sample cache (``plan.cache``) the sweeps are read from its file when it holds this
+    stream (verified before the first one; no sampler is built), else drawn by the sampler and
+    written to it, the file put in place only once the stream is complete. E and |M| are measured
+    on the sweeps yielded, whichever their source. ``source`` is mcrg.json's ``sampler.cache``.
+    """
 
     def __init__(self, plan: Plan, progress: Any) -> None:
         self.plan = plan
@@ -252,13 +296,24 @@ class _Tracked:
         self.energy: list[torch.Tensor] = []
         self.abs_magnetization: list[torch.Tensor] = []
         self.thermalize_seconds = 0.0
+        self.reader: SweepReader | None = None
+        self.writer: SweepWriter | None = None
+        #: ``{"path", "hit", "written"}`` of the cache file; None without a cache.
+        self.source: dict[str, Any] | None = None
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        plan, start = self.plan, time.perf_counter()
-        blocks = chain_blocks(plan.sampler["n_chains"], plan.n_blocks, plan.device)
-        warm = self.progress.add_task(f"thermalizing {plan.sampler['n_thermalize']} sweeps")
-        task = self.progress.add_task("sampling", total=plan.n_samples, visible=False)
-        samples = iterate_samples(
+    def _sweeps(self) -> Iterator[torch.Tensor]:
+        """The sweeps from the cache file if it holds them, else from a new sampler."""
+        plan, cache = self.plan, self.plan.cache
+        if cache is not None:
+            self.reader = cache.open()  # one pass over the file: None if absent or damaged
+            hit = self.reader is not None
+            self.source = {"path": str(cache.path), "hit": hit, "written": False}
+            if hit:
+                log.info("configurations read from the sample cache %s", cache.path)
+                return self.reader.sweeps(plan.device)
+            log.info("configurations sampled and written to the sample cache %s", cache.path)
+            self.writer = cache.writer()
+        return iterate_samples(
             plan.model,
             plan.n_samples,
             algorithm=plan.sampler["algorithm"],
@@ -267,16 +322,45 @@ class _Tracked:
             n_between=plan.sampler["n_between"],
             seed=plan.sampler["seed"],
             device=plan.device,
-            progress=lambda done: self.progress.update(task, completed=done),
         )
-        for index, spins in enumerate(samples):
-            if index == 0:
-                self.thermalize_seconds = time.perf_counter() - start
-                self.progress.update(warm, visible=False)
-                self.progress.update(task, visible=True)
-            self.energy.append(bond_sum(spins[: self.n_tau], plan.model.dim).cpu())
-            self.abs_magnetization.append(magnetization(spins[: self.n_tau]).abs().cpu())
-            yield spins, blocks
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        plan, start = self.plan, time.perf_counter()
+        n_chains = plan.sampler["n_chains"]
+        blocks = chain_blocks(n_chains, plan.n_blocks, plan.device)
+        sweeps = self._sweeps()
+        hit = self.reader is not None
+        warm = self.progress.add_task(
+            "reading the sample cache"
+            if hit
+            else f"thermalizing {plan.sampler['n_thermalize']} sweeps"
+        )
+        task = self.progress.add_task(
+            "reading" if hit else "sampling", total=plan.n_samples, visible=False
+        )
+        try:
+            for index, spins in enumerate(sweeps):
+                if index == 0:
+                    self.thermalize_seconds = time.perf_counter() - start
+                    self.progress.update(warm, visible=False)
+                    self.progress.update(task, visible=True)
+                if self.writer is not None:
+                    self.writer.write(spins)
+                self.energy.append(bond_sum(spins[: self.n_tau], plan.model.dim).cpu())
+                self.abs_magnetization.append(magnetization(spins[: self.n_tau]).abs().cpu())
+                yield spins, blocks
+                self.progress.update(task, completed=(index + 1) * n_chains)
+            if self.writer is not None:
+                self.source["written"] = self.writer.commit()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the cache file being read; remove one being written that is not complete."""
+        if self.reader is not None:
+            self.reader.close()
+        if self.writer is not None:
+            self.writer.discard()
 
 
 def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
@@ -294,21 +378,24 @@ def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
         feed = _CouplingFeed(accumulator, plan.couplings_samples)
     with progress_display("samples", enabled=show_progress) as progress:
         stream = _Tracked(plan, progress)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            results = run_mcrg_replicas(
-                stream,
-                replicas,
-                plan.n_rg_steps,
-                plan.transform.scale,
-                n_blocks=plan.n_blocks,
-                sets=sets,
-                generators=generators,
-                batch_size=plan.batch_size,
-                consumers=[feed] if feed else [],
-            )
-            result = results[0]
-            couplings = _couplings(feed, plan)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                results = run_mcrg_replicas(
+                    stream,
+                    replicas,
+                    plan.n_rg_steps,
+                    plan.transform.scale,
+                    n_blocks=plan.n_blocks,
+                    sets=sets,
+                    generators=generators,
+                    batch_size=plan.batch_size,
+                    consumers=[feed] if feed else [],
+                )
+                result = results[0]
+                couplings = _couplings(feed, plan)
+        finally:
+            stream.close()  # an interrupted stream leaves no cache file
     messages = sorted({str(w.message) for w in caught} | set(plan.notes or []))
     energy = torch.stack(stream.energy)
     drift = thermalization_drift(energy)
@@ -344,7 +431,7 @@ def run(plan: Plan, show_progress: bool = False) -> dict[str, Any]:
         {
             "exact": exact_exponents(plan.model.dim),
             "level0": result.level0,
-            "sampler": {**plan.sampler, "details": _sampler_details(plan)},
+            "sampler": {**plan.sampler, "details": _sampler_details(plan), "cache": stream.source},
             "tau_int": {
                 "energy": integrated_autocorrelation_time(energy),
                 "abs_magnetization": integrated_autocorrelation_time(
