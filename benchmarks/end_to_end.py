@@ -6,12 +6,16 @@
 Runs, as a user would, each in its own process and output directory under ``--workdir``:
 
 1. ``python train.py experiment=paper logger=csv`` (50 epochs, per-epoch MCRG on 5 x 10^4);
-2. ``python evaluate.py ckpt_path=<its last.ckpt>`` (10^6 fresh configurations);
-3. ``python evaluate.py transform=majority`` (10^6 fresh configurations),
+2. ``python evaluate.py ckpt_path=<its last.ckpt>`` (10^6 fresh configurations, written to the
+   sample cache);
+3. ``python evaluate.py transform=majority`` (the same sampling settings: it reads step 2's 10^6
+   configurations from the sample cache instead of sampling them),
 
 and records the wall time of each step and of the whole, with the y_t values they produced, in
 ``benchmarks/results/end_to_end.jsonl``. The target of issue #6 is 5 minutes for the three on the
-2-core CPU. The sample cache is a fresh directory, so the training run's sampling is timed too.
+2-core CPU. The sample cache (``RBMRG_DATA_DIR``) is a fresh directory, so the training run's
+sampling and step 2's are timed; step 3's is a cache read (records before the evaluation cache
+sampled in both steps).
 """
 
 from __future__ import annotations
