@@ -40,7 +40,9 @@ from rbmrg.rg.mcrg import (
     leading_exponent,
     run_mcrg,
 )
-from rbmrg.rg.transforms import decimation, iterate, majority
+from rbmrg.rg.interactions_3d import EVEN_CANDIDATES_3D, ODD_CANDIDATES_3D
+from rbmrg.rg.rbm import ConvRBM
+from rbmrg.rg.transforms import _block_sums, decimation, iterate, majority, rbm
 
 if "wolff" in available_algorithms():
     ALGORITHM, N_THERMALIZE, N_BETWEEN = "wolff", 100, 2  # tau_int ~ 2 sweeps at K_c, L = 32
@@ -94,6 +96,36 @@ def test_measure_equals_the_site_loop():
     assert measure(chain, CHAIN_NN)[:, 0].tolist() == [
         naive_measure(c, CHAIN_NN[0]) for c in chain.numpy()
     ]
+
+
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float32, torch.float64])
+def test_measure_equals_the_site_loop_in_every_dimension(monkeypatch, path, dtype):
+    """The compiled kernel (CPU) and the torch path (other devices) against the site loop: every
+    candidate interaction of the square and cubic lattices, at sizes where some do not fit (NaN)."""
+    if path == "torch":
+        monkeypatch.setattr("rbmrg.rg.interactions.measure_pm1", lambda *args: None)
+    generator = torch.Generator().manual_seed(3)
+    square = tuple(EVEN_CANDIDATES.values()) + tuple(ODD_CANDIDATES.values())
+    cubic = tuple(EVEN_CANDIDATES_3D.values()) + tuple(ODD_CANDIDATES_3D.values())
+    for shape, interactions in (((5, 7, 7), square), ((3, 4, 4), square), ((2, 5, 5, 5), cubic)):
+        spins = (torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(dtype)
+        values = measure(spins, interactions)
+        for row, config in enumerate(spins.numpy()):
+            expected = [
+                naive_measure(config, i) if i.fits(shape[-1]) else math.nan for i in interactions
+            ]
+            np.testing.assert_array_equal(values[row].numpy(), expected)
+
+
+def test_measure_of_values_other_than_pm1_falls_back_to_torch():
+    """The kernel handles +-1 only; other values (a mean field, say) go through torch."""
+    generator = torch.Generator().manual_seed(4)
+    values = torch.rand((3, 6, 6), generator=generator) * 2 - 1
+    got = measure(values, EVEN + ODD)
+    for row, config in enumerate(values.double().numpy()):
+        expected = [naive_measure(config, i) for i in EVEN + ODD]
+        np.testing.assert_allclose(got[row].numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_interaction_sets_respect_the_lattice_symmetries():
@@ -285,6 +317,39 @@ def test_majority_rule_and_tie_break():
     assert set(ties.unique().tolist()) == {-1.0, 1.0}
     # Binomial test: a tie is +1 with probability 1/2.
     assert scipy.stats.binomtest(int((ties > 0).sum()), ties.numel()).pvalue > 1e-3
+
+
+def test_block_sums_in_two_and_three_dimensions():
+    generator = torch.Generator().manual_seed(5)
+    for shape, b in (((3, 8, 8), 2), ((2, 6, 6, 6), 2), ((2, 6, 6, 6), 3), ((2, 9, 9), 3)):
+        spins = torch.randint(0, 2, shape, generator=generator) * 2.0 - 1
+        dim, L = len(shape) - 1, shape[-1]
+        grouped = spins.view(shape[0], *[n for _ in range(dim) for n in (L // b, b)])
+        assert torch.equal(_block_sums(spins, b), grouped.sum(tuple(range(2, 2 * dim + 1, 2))))
+
+
+@pytest.mark.parametrize("filter_size", [2, 3, 8])
+def test_learned_transform_draws_as_the_convolution_does(filter_size):
+    """The compiled block-spin draw of transforms.rbm (2D, CPU) against ConvRBM.sample_hidden with
+    the same generator state: the same uniforms, compared with the same sigmoid(2 h). The fields are
+    summed in another order, so a draw may differ only where its uniform lies within a few
+    roundings of its probability."""
+    torch.manual_seed(6)
+    model = ConvRBM(filter_size=filter_size, stride=2, init_scale=0.5)
+    generator = torch.Generator().manual_seed(7)
+    spins = torch.randint(0, 2, (400, 16, 16), generator=generator) * 2.0 - 1
+    state = generator.get_state()
+    fast = rbm(model)(spins, generator)
+    after_fast = generator.get_state()
+    generator.set_state(state)
+    uniforms = torch.rand(fast.shape, generator=generator)
+    assert torch.equal(generator.get_state(), after_fast)  # the same draws were taken
+    probability = model.hidden_probability(spins).detach()
+    reference = torch.where(uniforms < probability, 1.0, -1.0)
+    differ = fast != reference
+    assert fast.dtype == torch.float32 and set(fast.unique().tolist()) == {-1.0, 1.0}
+    assert torch.all((uniforms[differ] - probability[differ]).abs() < 1e-6)
+    assert differ.sum() <= 2
 
 
 def test_decimation_keeps_the_first_spin_of_each_block():

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rbmrg.rg.kernels import measure_pm1
+
 Offset = tuple[int, ...]
 
 
@@ -272,7 +274,8 @@ def measure(
 
     ``spins`` is (batch, L, ..., L) with values +1/-1, any dtype, one lattice axis per offset entry.
     Interactions that do not fit the lattice (see :meth:`Interaction.fits`) give NaN; callers decide
-    how to report that.
+    how to report that. On the CPU the compiled kernel of :mod:`rbmrg.rg.kernels` measures them
+    (the same integers, ~10x faster); on other devices, or for values other than +-1, torch does.
     """
     batch, L = spins.shape[0], spins.shape[-1]
     lattice_axes = tuple(range(1, spins.ndim))
@@ -283,6 +286,13 @@ def measure(
     if not fitting:
         return out
     reach = _reach([interactions[i] for i in fitting])
+    if spins.device.type == "cpu":
+        terms = [term for i in fitting for term in interactions[i].terms]
+        owners = [column for column, i in enumerate(fitting) for _ in interactions[i].terms]
+        sums = measure_pm1(spins, terms, owners, len(fitting), reach)
+        if sums is not None:
+            out[:, fitting] = torch.from_numpy(sums).to(torch.float64)
+            return out
     for start in range(0, batch, chunk):
         padded, site_plus = _padded_views(spins[start : start + chunk], reach)
         for i in fitting:
