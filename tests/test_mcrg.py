@@ -384,6 +384,23 @@ def test_chain_decimation_gives_the_exact_eigenvalue():
     assert np.all(np.abs(y - exact) < 4 * err), (y, err, exact)
 
 
+def test_accumulated_sums_do_not_depend_on_row_order():
+    """Rows of mixed blocks in any order give the very same sums (exact integer arithmetic)."""
+    generator = torch.Generator().manual_seed(8)
+    levels = [torch.randint(0, 2, (300, n, n), generator=generator) * 2.0 - 1 for n in (8, 4)]
+    blocks = torch.randint(0, 20, (300,), generator=generator)
+    order = torch.randperm(300, generator=generator)
+    one, other = MCRGAccumulator(2, 20), MCRGAccumulator(2, 20)
+    one.update(levels, blocks)
+    other.update([level[order] for level in levels], blocks[order])
+    for name in ("count", "sum", "outer"):
+        assert torch.equal(getattr(one, name), getattr(other, name))
+    rows = (blocks == 3).nonzero().flatten()
+    values = torch.cat([measure(level[rows], one.interactions) for level in levels], 1)
+    centred = torch.nan_to_num(values - one.shift)
+    torch.testing.assert_close(one.outer[3], centred.T @ centred, rtol=0, atol=0)
+
+
 def test_jackknife_error_matches_the_spread_of_repetitions():
     """30 independent repetitions of the chain MCRG: the sample std s of their y estimates over the
     mean jackknife error must be consistent with sigma. (R - 1) s^2 / sigma^2 is chi-square with

@@ -130,7 +130,17 @@ class MCRGAccumulator:
         values = torch.nan_to_num(values - self.shift)
         self.count.index_add_(0, blocks, torch.ones(batch, dtype=torch.float64, device=self.device))
         self.sum.index_add_(0, blocks, values)
-        self.outer.index_add_(0, blocks, values[:, :, None] * values[:, None, :])
+        # sum(v v^T) per block as one matrix product per run of rows of one block (rows sorted by
+        # block first): no (batch, size, size) tensor. On +-1 spins the values are integers and
+        # every partial sum stays far below 2^53: the sums are exact in any order of summation.
+        if bool((blocks[1:] < blocks[:-1]).any()):
+            order = torch.argsort(blocks, stable=True)
+            blocks, values = blocks[order], values[order]
+        runs, lengths = torch.unique_consecutive(blocks, return_counts=True)
+        for block, rows in zip(
+            runs.tolist(), torch.split(values, lengths.tolist()), strict=True
+        ):
+            self.outer[block].addmm_(rows.T, rows)
 
     @property
     def n_samples(self) -> int:
