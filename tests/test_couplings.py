@@ -18,6 +18,7 @@ import torch
 from rbmrg.lattice.model import IsingModel
 from rbmrg.lattice.samplers import available_algorithms
 from rbmrg.lattice.sampling import iterate_samples
+from rbmrg.rg import environments
 from rbmrg.rg.couplings import (
     CouplingAccumulator,
     check_levels,
@@ -27,12 +28,15 @@ from rbmrg.rg.couplings import (
 from rbmrg.rg.interactions import (
     CHAIN_NN,
     CHAIN_NNN,
+    EVEN,
     EVEN_CANDIDATES,
+    ODD,
     ODD_CANDIDATES,
     Interaction,
     measure,
     site_sums,
 )
+from rbmrg.rg.interactions_3d import EVEN_3D, ODD_3D
 from rbmrg.rg.mcrg import chain_blocks
 from rbmrg.rg.transforms import decimation, iterate, majority
 
@@ -203,6 +207,145 @@ def test_a_truncation_is_the_marginal_histogram():
     np.testing.assert_allclose(truncated.errors, direct.errors, rtol=1e-8)
     with pytest.raises(ValueError, match=r"\['sixth'\] not among"):
         big.result(["nn", "sixth"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The compiled counts (rbmrg.rg.environments) against the torch path
+
+
+def torch_only(monkeypatch):
+    """Make every CouplingAccumulator count with torch (the reference)."""
+    monkeypatch.setattr(CouplingAccumulator, "_count_compiled", lambda self, *args: 0)
+
+
+def accumulate(interactions, n_levels, n_blocks, batches, response=False):
+    acc = CouplingAccumulator(interactions, n_levels, n_blocks, response=response)
+    for levels, blocks, perturbation in batches:
+        acc.update(levels, blocks, perturbation)
+    return acc
+
+
+def assert_same_accumulation(compiled, reference):
+    """The histograms of every level, array for array, and the whole result, bit for bit."""
+    for level in range(compiled.n_levels):
+        s, sums = compiled.environments(level)
+        s_ref, sums_ref = reference.environments(level)
+        np.testing.assert_array_equal(s, s_ref)
+        assert sums.keys() == sums_ref.keys()
+        for key in sums:
+            np.testing.assert_array_equal(sums[key], sums_ref[key])
+    result, expected = compiled.result(), reference.result()
+    for name in ("couplings", "errors", "jackknife", "response", "response_errors"):
+        np.testing.assert_array_equal(getattr(result, name), getattr(expected, name), name)
+    assert result.n_environments == expected.n_environments
+    assert result.n_samples == expected.n_samples
+
+
+def random_batches(shape, n_rg_steps, n_blocks, seed, response=False):
+    """Three batches of +-1 configurations and their majority levels, with different block
+    assignments (chain blocks, a permutation, one block for the whole batch)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = shape[0]
+    batches = []
+    for blocks in (
+        torch.arange(batch) * n_blocks // batch,
+        torch.randperm(batch, generator=generator) % n_blocks,
+        n_blocks - 1,
+    ):
+        spins = torch.randint(0, 2, shape, generator=generator) * 2.0 - 1
+        levels = iterate(spins, [majority(2)], n_rg_steps, generator)
+        perturbation = spins.flatten(1).sum(1) if response else None
+        batches.append((levels, blocks, perturbation))
+    return batches
+
+
+@pytest.mark.parametrize(
+    "interactions, shape, n_rg_steps",
+    [
+        (EVEN, (150, 32, 32), 2),
+        (EVEN, (100, 16, 16), 0),
+        (EVEN_ALL, (60, 16, 16), 1),
+        (ODD, (60, 16, 16), 1),  # the magnetization: a one-spin term, a constant site sum
+        (EVEN_3D[:5], (30, 8, 8, 8), 1),  # span 1: fits the 4^3 level
+        (EVEN_3D, (20, 8, 8, 8), 0),  # 1.7e7 codes: the largest space the map takes
+        (CHAIN_NN + CHAIN_MAGNETIZATION + CHAIN_NNN, (50, 64), 2),
+        (CHAIN_MAGNETIZATION, (20, 16), 1),  # no products at all
+    ],
+    ids=["2d-even", "2d-one-level", "2d-8-even", "2d-odd", "3d", "3d-even", "chain", "chain-m"],
+)
+def test_compiled_counts_equal_the_torch_path(monkeypatch, interactions, shape, n_rg_steps):
+    batches = random_batches(shape, n_rg_steps, 5, seed=20)
+    compiled = accumulate(interactions, n_rg_steps + 1, 5, batches)
+    assert compiled._compiled and all(c is not None for c in compiled._key_counts)
+    with monkeypatch.context() as patch:
+        torch_only(patch)
+        reference = accumulate(interactions, n_rg_steps + 1, 5, batches)
+    assert reference._key_counts == [None] * (n_rg_steps + 1)
+    assert_same_accumulation(compiled, reference)
+
+
+def test_compiled_counts_of_sampled_configurations(monkeypatch):
+    """Critical Wolff configurations (few distinct environments, long runs of one code), three
+    levels, batches streamed with chain blocks, read in between (the counts move to the histogram
+    and start again), and a count limit that forces that move inside ``update``."""
+    model = IsingModel(L=32)
+    n_chains, n_blocks = 100, 20
+    blocks = chain_blocks(n_chains, n_blocks)
+    batches = [
+        (iterate(spins, [majority(2)], 2), blocks, None)
+        for spins in iterate_samples(
+            model, 400, algorithm=ALGORITHM, n_chains=n_chains, n_thermalize=50, seed=21
+        )
+    ]
+    # Level 0 takes 102400 sites a batch: the second and the fourth batch find no room.
+    monkeypatch.setattr(environments.KeyCounts, "LIMIT", 150_000)
+    taken = []
+    take = environments.KeyCounts.take
+    monkeypatch.setattr(environments.KeyCounts, "take", lambda self: taken.append(1) or take(self))
+    compiled = CouplingAccumulator(EVEN, 3, n_blocks)
+    for index, (levels, blocks, _) in enumerate(batches):
+        compiled.update(levels, blocks)
+        if index == 1:
+            compiled.environments(0)
+    assert len(batches) == 4 and len(taken) == 3
+    with monkeypatch.context() as patch:
+        torch_only(patch)
+        reference = accumulate(EVEN, 3, n_blocks, batches)
+    assert_same_accumulation(compiled, reference)
+
+
+def test_compiled_counts_leave_other_values_to_torch(monkeypatch):
+    """Rows with values other than +-1 are counted by torch, those before them by the kernel
+    (chunks of two rows here); other dtypes are read as they are."""
+    spins = random_spins((12, 16, 16), seed=22)
+    spins[7, 3, 4] = 0.0
+    blocks = torch.arange(12) % 4
+    batches = [
+        ([spins], blocks, None),
+        ([random_spins((12, 16, 16), seed=23).to(torch.int8)], blocks, None),
+        ([random_spins((12, 16, 16), seed=24).double()], 2, None),
+    ]
+    monkeypatch.setattr(environments, "KEY_SITES", 2 * 16 * 16)
+    monkeypatch.setattr("rbmrg.rg.couplings.KEY_SITES", 2 * 16 * 16)
+    compiled = accumulate(EVEN, 1, 4, batches)
+    assert compiled._key_counts[0].sites == (6 + 12 + 12) * 16 * 16
+    with monkeypatch.context() as patch:
+        torch_only(patch)
+        reference = accumulate(EVEN, 1, 4, batches)
+    assert_same_accumulation(compiled, reference)
+
+
+def test_response_and_large_code_spaces_are_counted_by_torch(monkeypatch):
+    """``response=True`` (float sums weighted by O) and the cubic odd set (1.3e8 codes) stay on
+    the torch path, with the same results as before."""
+    assert not CouplingAccumulator(ODD_3D, 1, 2)._compiled
+    batches = random_batches((40, 16, 16), 1, 4, seed=25, response=True)
+    compiled = accumulate(EVEN, 2, 4, batches, response=True)
+    assert not compiled._compiled
+    with monkeypatch.context() as patch:
+        torch_only(patch)
+        reference = accumulate(EVEN, 2, 4, batches, response=True)
+    assert_same_accumulation(compiled, reference)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,6 +26,16 @@ per jackknife block, in a table that grows only with the number of *distinct* en
 by prod_alpha (coordination_alpha + 1), in practice 10^4-10^5 for the 7-8 even interactions),
 never with the number of configurations; the Newton solve then needs no configuration at all.
 Errors are leave-one-block-out jackknife over blocks of independent chains, as for MCRG.
+
+**Compiled counting.** On the CPU, for +-1 values and a code space of at most
+``rbmrg.rg.environments.MAX_CODES`` codes (the default even set has 5^6 9 = 140625), a numba
+kernel computes every site's environment code and sigma_i from the int8 padded lattice and counts
+them per block in an int32 table reached through a direct map from code to row (no sort,
+:mod:`rbmrg.rg.environments`); the table moves into the histogram when that is read
+(:meth:`~CouplingAccumulator.environments`, :meth:`~CouplingAccumulator.result`). The counts are
+the integers that the torch path (``site_sums``, a sort of float64 keys) finds, so every result is
+bit-identical; torch still counts other devices, values other than +-1, larger code spaces and
+``response=True`` (whose O-weighted float sums depend on the order of summation).
 """
 
 from __future__ import annotations
@@ -38,11 +48,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rbmrg.rg.environments import (
+    KEY_SITES,
+    MAX_CODES,
+    MAX_COORDINATION,
+    KeyCounts,
+    KeyTables,
+    environment_keys,
+)
 from rbmrg.rg.interactions import Interaction, site_sums
 
 #: Newton stops when the largest coupling update is below this (couplings are O(0.01-1)).
 TOLERANCE = 1e-12
 MAX_ITERATIONS = 100
+#: Lattice dtypes the compiled counts read (numba arrays); others are counted by torch.
+_COMPILED_DTYPES = (torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def check_levels(
@@ -150,6 +170,15 @@ class CouplingAccumulator:
         self.radices = np.array(radices, dtype=np.int64)
         channels = ("count", "spin", "count_o", "spin_o") if response else ("count", "spin")
         self.histograms = [_Histogram(n_blocks, channels) for _ in range(n_levels)]
+        # The compiled counts (rbmrg.rg.environments) where they apply: count and spin only, a code
+        # space within MAX_CODES; moved into ``histograms`` when these are read.
+        self._compiled = (
+            not response
+            and math.prod(radices) <= MAX_CODES
+            and max(radices) - 1 <= MAX_COORDINATION
+        )
+        self._key_tables: dict[tuple[int, int], KeyTables] = {}
+        self._key_counts: list[KeyCounts | None] = [None] * n_levels
         self.lattice_sizes: list[int] | None = None
         self.n_samples = 0
         # Per block: configurations and the sum of the perturbation O over them.
@@ -187,42 +216,97 @@ class CouplingAccumulator:
             self.perturbation += np.bincount(
                 blocks.numpy(), perturbation.numpy(), minlength=self.n_blocks
             )
-        for level, histogram in zip(levels, self.histograms, strict=True):
-            spins = level.to(torch.float32)
-            shape = (-1, *[1] * (spins.ndim - 1))
-            sums = site_sums(spins, self.interactions)  # (batch, n, L, ..., L)
-            # key = (code * n_blocks + block) * 2 + (sigma_i + 1) / 2, with the environment code
-            # sum_alpha (S_alpha,i + c_alpha) / 2 * stride_alpha: integers below 2^53 (checked in
-            # __init__), exact in float64. Counting keys counts sites per (code, block, sigma_i).
-            keys = (spins + 1).to(torch.float64) / 2
-            keys += 2 * blocks.view(shape).to(torch.float64)
-            for alpha in range(len(self.interactions)):
-                scale = float(self.strides[alpha]) * self.n_blocks
-                keys += (sums[:, alpha].to(torch.float64) + self.offsets[alpha]) * scale
-            keys = keys.flatten().to(torch.int64)
-            values = {}
-            if perturbation is None:
-                unique, counts = torch.unique(keys, return_counts=True)
-            else:
-                unique, inverse, counts = torch.unique(
-                    keys, return_inverse=True, return_counts=True
-                )
-                weighted = torch.zeros(unique.shape[0], dtype=torch.float64)
-                site_weights = perturbation.view(shape).expand(spins.shape).flatten()
-                weighted.index_add_(0, inverse, site_weights)
-                values["count_o"] = weighted.numpy()
-            unique, counts = unique.numpy(), counts.numpy().astype(np.float64)
-            sign = np.where(unique % 2 == 1, 1.0, -1.0)
-            values["count"], values["spin"] = counts, sign * counts
-            if perturbation is not None:
-                values["spin_o"] = sign * values["count_o"]
-            histogram.add(unique // (2 * self.n_blocks), (unique // 2) % self.n_blocks, **values)
+        for index, level in enumerate(levels):
+            done = self._count_compiled(index, level, blocks)
+            if done < batch:
+                rest = None if perturbation is None else perturbation[done:]
+                self._count_torch(self.histograms[index], level[done:], blocks[done:], rest)
         self.n_samples += batch
+
+    def _count_compiled(self, index: int, level: torch.Tensor, blocks: torch.Tensor) -> int:
+        """Count the rows of ``level`` with the compiled kernels (:mod:`rbmrg.rg.environments`);
+        returns how many, from the first: the rest (values other than +-1, or all rows where the
+        kernels do not apply) are for :meth:`_count_torch`. Exact counts either way."""
+        L, dim, batch = int(level.shape[-1]), level.ndim - 1, int(level.shape[0])
+        if (
+            not self._compiled
+            or level.device.type != "cpu"
+            or level.dtype not in _COMPILED_DTYPES
+            or not all(i.fits(L) for i in self.interactions)  # torch raises the error
+        ):
+            return 0
+        if (L, dim) not in self._key_tables:
+            self._key_tables[L, dim] = KeyTables(
+                [i.terms for i in self.interactions],
+                self.strides,
+                [i.coordination for i in self.interactions],
+                L,
+                dim,
+            )
+        tables = self._key_tables[L, dim]
+        if self._key_counts[index] is None:
+            self._key_counts[index] = KeyCounts(int(self.radices.prod()), self.n_blocks)
+        counts = self._key_counts[index]
+        spins = level.detach().reshape(batch, -1).contiguous().numpy()
+        block_of = blocks.numpy()
+        rows = max(1, KEY_SITES // spins.shape[1])
+        for start in range(0, batch, rows):
+            keys = environment_keys(spins[start : start + rows], tables)
+            if keys is None:
+                return start
+            if keys.size > counts.room:
+                self._take(index)
+            counts.add(keys, block_of[start : start + rows])
+        return batch
+
+    def _take(self, index: int) -> None:
+        """Move the compiled counts of level ``index`` into its histogram."""
+        counts = self._key_counts[index]
+        if counts is not None and counts.sites:
+            codes, blocks, count, spin = counts.take()
+            self.histograms[index].add(codes, blocks, count=count, spin=spin)
+
+    def _count_torch(
+        self,
+        histogram: _Histogram,
+        level: torch.Tensor,
+        blocks: torch.Tensor,
+        perturbation: torch.Tensor | None,
+    ) -> None:
+        """Count the sites of ``level`` by a sort of their keys (torch; any values, any device)."""
+        spins = level.to(torch.float32)
+        shape = (-1, *[1] * (spins.ndim - 1))
+        sums = site_sums(spins, self.interactions)  # (batch, n, L, ..., L)
+        # key = (code * n_blocks + block) * 2 + (sigma_i + 1) / 2, with the environment code
+        # sum_alpha (S_alpha,i + c_alpha) / 2 * stride_alpha: integers below 2^53 (checked in
+        # __init__), exact in float64. Counting keys counts sites per (code, block, sigma_i).
+        keys = (spins + 1).to(torch.float64) / 2
+        keys += 2 * blocks.view(shape).to(torch.float64)
+        for alpha in range(len(self.interactions)):
+            scale = float(self.strides[alpha]) * self.n_blocks
+            keys += (sums[:, alpha].to(torch.float64) + self.offsets[alpha]) * scale
+        keys = keys.flatten().to(torch.int64)
+        values = {}
+        if perturbation is None:
+            unique, counts = torch.unique(keys, return_counts=True)
+        else:
+            unique, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
+            weighted = torch.zeros(unique.shape[0], dtype=torch.float64)
+            site_weights = perturbation.view(shape).expand(spins.shape).flatten()
+            weighted.index_add_(0, inverse, site_weights)
+            values["count_o"] = weighted.numpy()
+        unique, counts = unique.numpy(), counts.numpy().astype(np.float64)
+        sign = np.where(unique % 2 == 1, 1.0, -1.0)
+        values["count"], values["spin"] = counts, sign * counts
+        if perturbation is not None:
+            values["spin_o"] = sign * values["count_o"]
+        histogram.add(unique // (2 * self.n_blocks), (unique // 2) % self.n_blocks, **values)
 
     def environments(self, level: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(s, sums) of ``level``: the distinct environment vectors s (D, n) and, per channel
         (``count`` N, ``spin`` M, and ``count_o``, ``spin_o`` for a response), per-block sums
         of shape (n_blocks, D)."""
+        self._take(level)
         histogram = self.histograms[level]
         digits = (histogram.codes[:, None] // self.strides[None, :]) % self.radices[None, :]
         coordination = self.radices - 1
@@ -238,6 +322,8 @@ class CouplingAccumulator:
         """
         if self.n_samples == 0:
             raise RuntimeError("no samples accumulated")
+        for level in range(self.n_levels):
+            self._take(level)
         all_names = [i.name for i in self.interactions]
         names = all_names if names is None else list(names)
         missing = [name for name in names if name not in all_names]
