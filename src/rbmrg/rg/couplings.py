@@ -112,21 +112,39 @@ class _Histogram:
         self.codes = np.empty(0, dtype=np.int64)  # sorted
         self.sums = {name: np.zeros((n_blocks, 0)) for name in channels}
 
-    def add(self, codes: np.ndarray, blocks: np.ndarray, **values: np.ndarray) -> None:
-        new = np.setdiff1d(codes, self.codes)
+    def _include(self, codes: np.ndarray, distinct: bool = False) -> None:
+        """Give every code of ``codes`` (``distinct``: no repeats) a column (zero sums), keeping
+        the columns sorted."""
+        new = np.setdiff1d(codes, self.codes, assume_unique=distinct)
         if new.size:
-            merged = np.union1d(self.codes, new)
+            merged = np.sort(np.concatenate([self.codes, new]))
             where = np.searchsorted(merged, self.codes)
             for name, old in self.sums.items():
                 grown = np.zeros((self.n_blocks, merged.size))
                 grown[:, where] = old
                 self.sums[name] = grown
             self.codes = merged
+
+    def add(self, codes: np.ndarray, blocks: np.ndarray, **values: np.ndarray) -> None:
+        """Add ``values[name][k]`` to channel ``name`` at (``blocks[k]``, ``codes[k]``)."""
+        self._include(codes)
         flat = blocks * self.codes.size + np.searchsorted(self.codes, codes)
         size = self.n_blocks * self.codes.size
         for name, value in values.items():
             # float64 sums of integer counts stay exact below 2^53 sites.
             self.sums[name] += np.bincount(flat, value, size).reshape(self.n_blocks, -1)
+
+    def add_table(self, codes: np.ndarray, **sums: np.ndarray) -> None:
+        """Add per-block sums ``sums[name]`` (n_blocks, len(codes)) of sorted distinct ``codes``;
+        the arrays are the histogram's afterwards (the first table becomes it: 0 + x is x)."""
+        if not self.codes.size:
+            self.codes = codes
+            self.sums.update(sums)
+            return
+        self._include(codes, distinct=True)
+        where = np.searchsorted(self.codes, codes)
+        for name, value in sums.items():
+            self.sums[name][:, where] += value
 
 
 class CouplingAccumulator:
@@ -244,9 +262,6 @@ class CouplingAccumulator:
                 dim,
             )
         tables = self._key_tables[L, dim]
-        if self._key_counts[index] is None:
-            self._key_counts[index] = KeyCounts(int(self.radices.prod()), self.n_blocks)
-        counts = self._key_counts[index]
         spins = level.detach().reshape(batch, -1).contiguous().numpy()
         block_of = blocks.numpy()
         rows = max(1, KEY_SITES // spins.shape[1])
@@ -254,17 +269,24 @@ class CouplingAccumulator:
             keys = environment_keys(spins[start : start + rows], tables)
             if keys is None:
                 return start
-            if keys.size > counts.room:
+            counts = self._key_counts[index]
+            if counts is not None and keys.size > counts.room:
                 self._take(index)
+                counts = None
+            if counts is None:
+                counts = KeyCounts(int(self.radices.prod()), self.n_blocks)
+                self._key_counts[index] = counts
             counts.add(keys, block_of[start : start + rows])
         return batch
 
     def _take(self, index: int) -> None:
-        """Move the compiled counts of level ``index`` into its histogram."""
+        """Move the compiled counts of level ``index`` into its histogram, and free their table
+        (up to 2 x 67 MB a level for the cubic set; a later update starts a new one)."""
         counts = self._key_counts[index]
         if counts is not None and counts.sites:
-            codes, blocks, count, spin = counts.take()
-            self.histograms[index].add(codes, blocks, count=count, spin=spin)
+            codes, count, spin = counts.take()
+            self._key_counts[index] = None
+            self.histograms[index].add_table(codes, count=count, spin=spin)
 
     def _count_torch(
         self,

@@ -14,7 +14,7 @@ is a float32 lattice per factor, float64 key arithmetic and a sort of every key 
   zero = not seen yet; allocated zeroed, so only the pages of codes that occur are touched) and an
   int32 table ``counts[block, row, sigma]`` that grows with the number of *distinct* codes (a
   block's rows stay in cache while its configurations are counted). Counts are exact;
-  :meth:`KeyCounts.take` hands them over as (codes, blocks, N, M) and starts again.
+  :meth:`KeyCounts.take` hands them over as per-block tables N, M and starts again.
 
 The code space must be small enough for the map (:data:`MAX_CODES`), every coordination must fit
 int8 and the values must be +-1: otherwise the caller counts with torch (``environment_keys``
@@ -221,18 +221,36 @@ class KeyCounts:
                 self.codes = np.resize(self.codes, 2 * capacity)
         self.sites += keys.size
 
-    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(codes, blocks, N, M) of every (code, block) with a site, N and M float64 sums of 1 and
-        sigma_i; the counts are then zero again (the rows and the map are kept)."""
-        counts = self.counts[:, : self.n_rows]
-        down, up = counts[..., 0].astype(np.int64), counts[..., 1].astype(np.int64)
-        blocks, rows = np.nonzero(down + up)
-        taken = (
-            self.codes[rows],
-            blocks.astype(np.int64),
-            (down + up)[blocks, rows].astype(np.float64),
-            (up - down)[blocks, rows].astype(np.float64),
-        )
-        counts[...] = 0
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(codes, N, M): the sorted distinct codes with a site, and per block (n_blocks, D) the
+        number of their sites N and the sum of their sigma_i M, float64 (exact integers). The
+        counts are then zero again (the rows and the map are kept)."""
+        rows = np.flatnonzero(_seen(self.counts, self.n_rows))
+        rows = rows[np.argsort(self.codes[rows])]
+        count = np.empty((self.counts.shape[0], rows.size))
+        spin = np.empty_like(count)
+        _take(self.counts, rows, count, spin)
         self.sites = 0
-        return taken
+        return self.codes[rows], count, spin
+
+
+@njit(cache=True, nogil=True)
+def _seen(counts, n_rows):
+    """Whether each of the first ``n_rows`` rows has a site in some block."""
+    seen = np.zeros(n_rows, dtype=np.bool_)
+    for block in range(counts.shape[0]):
+        for row in range(n_rows):
+            seen[row] |= counts[block, row, 0] + counts[block, row, 1] > 0
+    return seen
+
+
+@njit(cache=True, nogil=True)
+def _take(counts, rows, count, spin):
+    """N and M of ``rows`` (their order) into ``count`` and ``spin``; their counts set to zero."""
+    for block in range(counts.shape[0]):
+        for j in range(rows.shape[0]):
+            down, up = counts[block, rows[j], 0], counts[block, rows[j], 1]
+            count[block, j] = down + up
+            spin[block, j] = up - down
+            counts[block, rows[j], 0] = 0
+            counts[block, rows[j], 1] = 0
