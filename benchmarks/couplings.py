@@ -6,8 +6,10 @@ Critical 32 x 32 configurations (Wolff), majority rule, N_r = 2 (levels 32, 16, 
 as evaluate.py feeds them. Times ``CouplingAccumulator.update`` for the 8 even candidates and for
 the 7 of the default set, and ``MCRGAccumulator.update`` for the 14 default interactions, in CPU
 seconds of this process (so a busy machine inflates them less than wall time), after two batches
-of warm-up; and the Newton solve with jackknife. Prints the figures and appends a JSON line to
-benchmarks/results/couplings.jsonl.
+of warm-up; and the Newton solve with jackknife. Also one batch of 1000 random +-1 configurations
+(many more distinct environments) for the 7 of the default set, counted by the compiled kernel and
+by the torch path (``random_batch_ms``, ``random_batch_torch_ms``: CPU ms a batch, the median of
+four). Prints the figures and appends a JSON line to benchmarks/results/couplings.jsonl.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 from common import cpu_model
 
@@ -73,6 +76,23 @@ def main() -> None:
         result = acc.result()
         record[f"{label}_solve_s"] = time.process_time() - start
         record[f"{label}_environments"] = result.n_environments
+    noise = torch.Generator().manual_seed(2)
+    random_batches = [
+        iterate(
+            torch.randint(0, 2, (BATCH, 32, 32), generator=noise) * 2.0 - 1, [majority(2)], 2, noise
+        )
+        for _ in range(5)
+    ]
+    for label, compiled in (("random_batch_ms", True), ("random_batch_torch_ms", False)):
+        acc = CouplingAccumulator(EVEN, 3, 20)
+        acc._compiled = compiled  # False: the torch path, as on other devices
+        acc.update(random_batches[0], blocks)
+        times = []
+        for levels in random_batches[1:]:
+            start = time.process_time()
+            acc.update(levels, blocks)
+            times.append((time.process_time() - start) * 1e3)
+        record[label] = float(np.median(times))
     mcrg = MCRGAccumulator(3, 20)
     record["mcrg_14_interactions"] = cpu_ms_per_configuration(
         lambda lv: mcrg.update(lv, blocks), batches
