@@ -9,11 +9,13 @@ is a float32 lattice per factor, float64 key arithmetic and a sort of every key 
   :mod:`rbmrg.rg.kernels` (``flat_layout``, ``term_tables``, ``_pad``): S_alpha,i is a sum of
   products of shifted lattices, each a slice of the padded array at a fixed flat distance, summed
   in int8 over one contiguous range of positions (vectorised loops, slices indexed from 0) and
-  weighted into an int32 key; exact integers, the same keys as the torch arithmetic;
+  weighted into an int32 key; exact integers, the same keys as the torch arithmetic. One
+  configuration at a time, spread over numba's threads when there are several;
 * :class:`KeyCounts` counts keys without a sort: a direct map from code to a compact row (int32,
   zero = not seen yet; allocated zeroed, so only the pages of codes that occur are touched) and an
   int32 table ``counts[block, row, sigma]`` that grows with the number of *distinct* codes (a
-  block's rows stay in cache while its configurations are counted). Counts are exact;
+  block's rows stay in cache while its configurations are counted), filled by one serial loop
+  (new codes take the next row). Counts are exact;
   :meth:`KeyCounts.take` hands them over as per-block tables N, M and starts again.
 
 The code space must be small enough for the map (:data:`MAX_CODES`), every coordination must fit
