@@ -31,6 +31,7 @@ from rbmrg.rg.interactions import (
     interaction_set,
     measure,
 )
+from rbmrg.rg.interactions_3d import EVEN_CANDIDATES_3D, ODD_CANDIDATES_3D
 from rbmrg.rg.mcrg import (
     MCRGAccumulator,
     SingularWarning,
@@ -40,7 +41,6 @@ from rbmrg.rg.mcrg import (
     leading_exponent,
     run_mcrg,
 )
-from rbmrg.rg.interactions_3d import EVEN_CANDIDATES_3D, ODD_CANDIDATES_3D
 from rbmrg.rg.rbm import ConvRBM
 from rbmrg.rg.transforms import _block_sums, decimation, iterate, majority, rbm
 

@@ -137,9 +137,7 @@ class MCRGAccumulator:
             order = torch.argsort(blocks, stable=True)
             blocks, values = blocks[order], values[order]
         runs, lengths = torch.unique_consecutive(blocks, return_counts=True)
-        for block, rows in zip(
-            runs.tolist(), torch.split(values, lengths.tolist()), strict=True
-        ):
+        for block, rows in zip(runs.tolist(), torch.split(values, lengths.tolist()), strict=True):
             self.outer[block].addmm_(rows.T, rows)
 
     @property
