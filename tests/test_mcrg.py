@@ -328,16 +328,18 @@ def test_block_sums_in_two_and_three_dimensions():
         assert torch.equal(_block_sums(spins, b), grouped.sum(tuple(range(2, 2 * dim + 1, 2))))
 
 
-@pytest.mark.parametrize("filter_size", [2, 3, 8])
-def test_learned_transform_draws_as_the_convolution_does(filter_size):
+@pytest.mark.parametrize(
+    ("filter_size", "stride", "L"), [(2, 2, 16), (3, 2, 16), (8, 2, 16), (5, 3, 18)]
+)
+def test_learned_transform_draws_as_the_convolution_does(filter_size, stride, L):
     """The compiled block-spin draw of transforms.rbm (2D, CPU) against ConvRBM.sample_hidden with
     the same generator state: the same uniforms, compared with the same sigmoid(2 h). The fields are
     summed in another order, so a draw may differ only where its uniform lies within a few
     roundings of its probability."""
     torch.manual_seed(6)
-    model = ConvRBM(filter_size=filter_size, stride=2, init_scale=0.5)
+    model = ConvRBM(filter_size=filter_size, stride=stride, init_scale=0.5)
     generator = torch.Generator().manual_seed(7)
-    spins = torch.randint(0, 2, (400, 16, 16), generator=generator) * 2.0 - 1
+    spins = torch.randint(0, 2, (400, L, L), generator=generator) * 2.0 - 1
     state = generator.get_state()
     fast = rbm(model)(spins, generator)
     after_fast = generator.get_state()
