@@ -6,7 +6,7 @@ sums S_alpha,i (:func:`rbmrg.rg.interactions.site_sums`; c_alpha the coordinatio
 is a float32 lattice per factor, float64 key arithmetic and a sort of every key of a batch. Here:
 
 * :func:`environment_keys` computes every site's key from the int8 lattice padded as in
-  :mod:`rbmrg.rg.kernels` (``flat_layout``, ``term_tables``, ``_pad``): S_alpha,i is a sum of
+  :mod:`rbmrg.rg.kernels` (``flat_layout``, ``term_tables``, ``pad_configuration``): S_alpha,i is a sum of
   products of shifted lattices, each a slice of the padded array at a fixed flat distance, summed
   in int8 over one contiguous range of positions (vectorised loops, slices indexed from 0) and
   weighted into an int32 key; exact integers, the same keys as the torch arithmetic. One
@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from rbmrg.lattice.rng import set_threads
-from rbmrg.rg.kernels import _pad, flat_layout, term_tables
+from rbmrg.rg.kernels import flat_layout, pad_configuration, term_tables
 
 #: Largest code space counted here: the map is 4 bytes a code (256 MiB of address space at most,
 #: resident only where codes occur). The default even set has 5^6 9 = 140625 codes, the cubic
@@ -104,7 +104,7 @@ def _keys_one(c, spins, layout, keys, ok):
     work = np.empty(n, dtype=np.int8)
     total = np.empty(n, dtype=np.int8)
     key = np.empty(n, dtype=np.int32)
-    ok[c] = _pad(spins, c, source, plain, padded)
+    ok[c] = pad_configuration(spins, c, source, plain, padded)
     centre = padded[start : start + n]
     for p in range(n):
         key[p] = constant + ((np.int32(centre[p]) + 1) >> 1)

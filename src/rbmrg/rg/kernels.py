@@ -78,7 +78,7 @@ def term_tables(
 
 
 @njit(cache=True, inline="always")
-def _pad(spins, c, source, plain, padded):
+def pad_configuration(spins, c, source, plain, padded):
     """Copy configuration ``c`` into the padded int8 lattice; False if a value is not +-1.
 
     The values are first converted in one contiguous (vectorised) pass, then gathered: a branch
@@ -121,7 +121,7 @@ def _measure_one(c, spins, source, mask, start, stop, deltas, bounds, owner, out
     plain = np.empty(spins.shape[1], dtype=np.int8)
     padded = np.empty(source.shape[0], dtype=np.int8)
     work = np.empty(stop - start, dtype=np.int8)
-    ok[c] = _pad(spins, c, source, plain, padded)
+    ok[c] = pad_configuration(spins, c, source, plain, padded)
     sums = np.zeros(out.shape[1], dtype=np.int64)
     for t in range(owner.shape[0]):
         sums[owner[t]] += _term_sum(
