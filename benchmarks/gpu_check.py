@@ -19,7 +19,8 @@ others still run:
    ``tuning``: the fused kernel's spin updates/ns at L = 32 for a few launch configurations
    (block size, chains per program, warps, one launch per half-sweep), to choose the defaults.
 3. ``training``: CD-3 updates/s at the paper's settings (L = 32, 8x8 filter, minibatch 10) through
-   benchmarks/training.py's bare loop and Lightning loop (torch backend), on the device.
+   benchmarks/training.py's bare loop and Lightning loop (torch backend), on the device, for one
+   filter and for 16 replicas side by side (issue #13: 16 replicas for at most 2x the time of one).
 4. ``evaluate``: whole-process wall time of ``python evaluate.py`` with 10^6 configurations of the
    fused sampler on the device (the committed filter results/paper_filter.pt), and its y_t(N_c = 7).
 
@@ -330,28 +331,35 @@ def step_tuning(args: argparse.Namespace, budget: Budget, device: torch.device) 
 
 
 def step_training(args: argparse.Namespace, budget: Budget, device: torch.device) -> dict:
-    """CD-3 updates/s through benchmarks/training.py's loops (torch backend)."""
+    """CD-3 updates/s through benchmarks/training.py's loops (torch backend), for one filter and
+    for R replicas trained side by side (issue #13: 16 replicas for at most 2x the time of one)."""
     import training  # benchmarks/training.py (this directory is on sys.path)
 
-    settings = argparse.Namespace(
-        L=32,
-        filter_size=8,
-        stride=2,
-        cd_k=3,
-        batch_size=10,
-        updates_per_step=200,  # data.updates_per_step's default: updates per Lightning step
-        steps=50 if args.quick else 1000,
-        warmup=5 if args.quick else 50,
-    )
-    spins = torch.randint(0, 2, (2000, settings.L, settings.L), device=device) * 2.0 - 1.0
-    result = {"settings": vars(settings), "code_path": "benchmarks/training.py, backend=torch"}
-    for name, loop in (("bare", training.bare_loop), ("lightning", training.lightning_loop)):
-        if budget.left() < 5:
-            result[f"{name}_updates_per_s"] = None
-            continue
-        rate = loop(spins, settings, device.type, "torch")
-        result[f"{name}_updates_per_s"] = rate
-        log(f"  CD-3 {name:>9} loop: {rate:8.0f} updates/s")
+    spins = torch.randint(0, 2, (2000, 32, 32), device=device) * 2.0 - 1.0
+    result: dict = {"code_path": "benchmarks/training.py, backend=torch"}
+    for replicas in (1, 2 if args.quick else 16):
+        settings = argparse.Namespace(
+            L=32,
+            filter_size=8,
+            stride=2,
+            cd_k=3,
+            batch_size=10,
+            # data.updates_per_step's default (updates per Lightning step); --quick runs 3 steps
+            # of 20, since the Lightning loop's clock starts at the first step after the warmup.
+            updates_per_step=20 if args.quick else 200,
+            steps=50 if args.quick else (1000 if replicas == 1 else 400),
+            warmup=5 if args.quick else 50,
+            replicas=replicas,
+        )
+        result[f"settings_r{replicas}"] = vars(settings)
+        suffix = "" if replicas == 1 else f"_r{replicas}"
+        for name, loop in (("bare", training.bare_loop), ("lightning", training.lightning_loop)):
+            if budget.left() < 5:
+                result[f"{name}_updates_per_s{suffix}"] = None
+                continue
+            rate = loop(spins, settings, device.type, "torch")
+            result[f"{name}_updates_per_s{suffix}"] = rate
+            log(f"  CD-3 {name:>9} loop, {replicas:2d} replica(s): {rate:8.0f} updates/s")
     return result
 
 
@@ -492,13 +500,25 @@ def format_table(record: dict) -> str:
         )
     training_step = record["steps"].get("training", {})
     if "result" in training_step:
-        for name in ("bare", "lightning"):
-            rate = training_step["result"].get(f"{name}_updates_per_s")
-            value = f"{rate:.0f}" if rate else "not run (time)"
-            lines.append(
-                f"| CD-3 updates/s, {name} loop | {value} | L = 32, f = 8, minibatch 10, "
-                f"{training_step['result']['code_path']} |"
-            )
+        result = training_step["result"]
+        replica_counts = [
+            int(key.removeprefix("settings_r")) for key in result if key.startswith("settings_r")
+        ]
+        for replicas in replica_counts:
+            suffix = "" if replicas == 1 else f"_r{replicas}"
+            for name in ("bare", "lightning"):
+                rate = result.get(f"{name}_updates_per_s{suffix}")
+                value = f"{rate:.0f}" if rate else "not run (time)"
+                one = result.get(f"{name}_updates_per_s")
+                ratio = (
+                    f"; {one / rate:.2f}x the time of one filter"
+                    if rate and one and replicas > 1
+                    else ""
+                )
+                lines.append(
+                    f"| CD-3 updates/s, {name} loop, {replicas} replica(s) | {value} | L = 32, f = 8, "
+                    f"minibatch 10, {result['code_path']}{ratio} |"
+                )
     elif "error" in training_step:
         lines.append(f"| CD-3 updates/s | failed | {training_step['error']} |")
     evaluate = record["steps"].get("evaluate", {})
@@ -563,7 +583,7 @@ def main() -> int:
         "steps": {},
     }
     # Seconds per step: they add up to under 5 minutes on one GPU.
-    budgets = {"tests": 140, "samplers": 70, "tuning": 15, "training": 20, "evaluate": 50}
+    budgets = {"tests": 130, "samplers": 60, "tuning": 15, "training": 40, "evaluate": 50}
     if args.quick:
         budgets = {"tests": 120, "samplers": 40, "tuning": 20, "training": 30, "evaluate": 60}
     steps = {
