@@ -1,4 +1,5 @@
-"""Compiled CPU kernels (numba) for the interactions of :mod:`rbmrg.rg.interactions`.
+"""Compiled CPU kernels (numba) of an MCRG pass: the interactions of :mod:`rbmrg.rg.interactions`
+and the learned block-spin draw of :func:`rbmrg.rg.transforms.rbm` (:func:`sample_hidden_2d`).
 
 :func:`rbmrg.rg.interactions.measure` in plain torch materialises a float32 lattice for every
 factor of every term: at L = 32 that is ~80 passes over memory per configuration, and it is the
@@ -15,6 +16,11 @@ largest cost of an MCRG pass on the CPU. Here one call measures every interactio
 
 Any lattice dimension works (the flat layout does not care). Values other than +-1 are not
 handled here: :func:`measure_pm1` returns None and the caller falls back to torch.
+
+The block-spin draw of a 2D filter computes the hidden field h in the phase-split layout of the
+fused CD kernel (:mod:`rbmrg.training.cd_chain`) and compares sigmoid(2 h) with the uniforms torch
+draws for :meth:`rbmrg.rg.rbm.ConvRBM.sample_hidden`, so the random stream is the same (see
+:func:`sample_hidden_2d` for the rare draw that can differ).
 """
 
 from __future__ import annotations
