@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py is run once, on a lent GPU, with minutes to spare: a broken step there
 costs a whole GPU session. Its CPU ``--quick`` mode runs the same code paths at toy sizes; this
-checks that the training and evaluate steps run to the end and report every row (no timing)."""
+checks that the training, train and evaluate steps run to the end and report every row (no
+timing)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_check_training_and_evaluate_steps_run_on_the_cpu(tmp_path):
+def test_gpu_check_training_train_and_evaluate_steps_run_on_the_cpu(tmp_path):
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT / "src"),
@@ -23,7 +24,7 @@ def test_gpu_check_training_and_evaluate_steps_run_on_the_cpu(tmp_path):
     env.pop("OUT", None)
     command = [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--quick", "--no-save"]
     done = subprocess.run(
-        [*command, "--steps", "training", "evaluate"],
+        [*command, "--steps", "training", "train", "evaluate"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -37,4 +38,5 @@ def test_gpu_check_training_and_evaluate_steps_run_on_the_cpu(tmp_path):
         for loop in ("bare", "lightning"):
             assert f"| CD-3 updates/s, {loop} loop, {replicas} replica(s) | " in output, output
     assert "x the time of one filter |" in output, output
+    assert "| train.py, whole process | " in output and "last epoch measured: 3 |" in output, output
     assert "| evaluate.py, 2000 configurations, whole process | " in output, output
