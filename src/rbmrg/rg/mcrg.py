@@ -162,21 +162,24 @@ class MCRGAccumulator:
         cov = outer / count - mean[:, None] * mean[None, :]
         return mean.cpu().numpy(), cov.cpu().numpy()
 
-    def _estimates(self, set_name: str, scale: float, leave_out: int | None) -> np.ndarray:
-        """y for every (N_r, N_c) with one block left out (or none): shape (n_levels - 1, n_set)."""
-        _, cov = self._moments(leave_out)
-        n_set = len(self.sets[set_name])
-        odd = all(
-            len(term) % 2 for interaction in self.sets[set_name] for term in interaction.terms
-        )
-        y = np.full((self.n_levels - 1, n_set), np.nan)
+    def _estimates(
+        self, covs: np.ndarray, positions: list[int], odd: bool, scale: float, valid: np.ndarray
+    ) -> np.ndarray:
+        """y for every (N_r, N_c) of the interactions at ``positions`` (columns within a level,
+        N_c = n taking the first n), from each covariance matrix of ``covs`` (:meth:`covariances`:
+        all data, then each block left out): shape (len(covs), N_r, len(positions)). Entries whose
+        interactions are not all ``valid`` are NaN; each (N_r, N_c) is solved for all the matrices
+        in one stacked call (:func:`leading_exponents`)."""
+        y = np.full((covs.shape[0], self.n_levels - 1, len(positions)), np.nan)
         for level in range(self.n_levels - 1):
-            for n_c in range(1, n_set + 1):
-                upper = self._index(level + 1, set_name, n_c)
-                lower = self._index(level, set_name, n_c)
-                y[level, n_c - 1] = leading_exponent(
-                    cov[np.ix_(upper, upper)], cov[np.ix_(upper, lower)], scale, odd=odd
-                )
+            for n_c in range(1, len(positions) + 1):
+                lower = [level * self.width + p for p in positions[:n_c]]
+                upper = [(level + 1) * self.width + p for p in positions[:n_c]]
+                if valid[lower + upper].all():
+                    rows = covs[:, upper]
+                    y[:, level, n_c - 1] = leading_exponents(
+                        rows[:, :, upper], rows[:, :, lower], scale, odd=odd
+                    )
         return y
 
     def exponents(self, set_name: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -209,10 +212,13 @@ class MCRGAccumulator:
                 UnfitInteractionsWarning,
                 stacklevel=2,
             )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SingularWarning)
-            jack = np.stack([self._estimates(set_name, scale, j) for j in range(self.n_blocks)])
-        full = self._estimates(set_name, scale, None)
+        odd = all(
+            len(term) % 2 for interaction in self.sets[set_name] for term in interaction.terms
+        )
+        start = self._index(0, set_name, 1)[0]
+        positions = list(range(start, start + n_set))
+        estimates = self._estimates(self.covariances(), positions, odd, scale, valid)
+        full, jack = estimates[0], estimates[1:]
         n = self.n_blocks
         err = np.sqrt((n - 1) / n * ((jack - jack.mean(0)) ** 2).sum(0))
         full[~mask] = np.nan
@@ -277,21 +283,8 @@ class MCRGAccumulator:
         odd = all(len(term) % 2 for interaction in chosen for term in interaction.terms)
         valid = self.valid.cpu().numpy()
         covs = self.covariances() if covariances is None else covariances
-
-        def estimate(cov: np.ndarray) -> np.ndarray:
-            y = np.full((self.n_levels - 1, len(order)), np.nan)
-            for level in range(self.n_levels - 1):
-                for n_c in range(1, len(order) + 1):
-                    lower = [level * self.width + p for p in positions[:n_c]]
-                    upper = [(level + 1) * self.width + p for p in positions[:n_c]]
-                    if valid[lower + upper].all():
-                        y[level, n_c - 1] = leading_exponent(
-                            cov[np.ix_(upper, upper)], cov[np.ix_(upper, lower)], scale, odd=odd
-                        )
-            return y
-
-        full = estimate(covs[0])
-        jack = np.stack([estimate(cov) for cov in covs[1:]])
+        estimates = self._estimates(covs, positions, odd, scale, valid)
+        full, jack = estimates[0], estimates[1:]
         n = self.n_blocks
         err = np.sqrt((n - 1) / n * ((jack - jack.mean(0)) ** 2).sum(0))
         return full, err, jack
@@ -337,22 +330,48 @@ def leading_exponent(a: np.ndarray, b: np.ndarray, scale: float, odd: bool = Fal
     modulus and y = ln|lambda| / ln(scale): a transformation and the same one followed by the global
     flip mu -> -mu are equally good RG maps (an RBM without biases learns W or -W with equal
     likelihood), and the flip changes the sign of every odd S^(n+1), hence of B and of T, exactly.
-    Even interactions do not change, so there lambda must be positive.
+    Even interactions do not change, so there lambda must be positive. NaN also for non-finite
+    input and for an A with condition number above 10^12.
     """
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        return float("nan")
+    return float(leading_exponents(np.asarray(a)[None], np.asarray(b)[None], scale, odd)[0])
+
+
+def leading_exponents(a: np.ndarray, b: np.ndarray, scale: float, odd: bool = False) -> np.ndarray:
+    """:func:`leading_exponent` of every pair of a stack: ``a``, ``b`` (..., n, n) -> y (...).
+
+    numpy's linear algebra runs the same LAPACK routine on every matrix of a stack, so each y is
+    what the matrix alone gives; a stack only saves the Python and dispatch cost of one call per
+    matrix (MCRG solves (N_r, N_c) for all data and each jackknife block at once).
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    shape = a.shape[:-2]
+    a, b = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+    y = np.full(a.shape[0], np.nan)
+    usable = np.flatnonzero(np.isfinite(a).all((1, 2)) & np.isfinite(b).all((1, 2)))
+    if usable.size:
+        with np.errstate(all="ignore"):  # singular A: infinite or NaN condition number
+            usable = usable[np.linalg.cond(a[usable]) <= 1e12]
+    if usable.size:
+        try:
+            eigenvalues = np.linalg.eigvals(np.linalg.solve(a[usable], b[usable]))
+        except np.linalg.LinAlgError:  # one matrix of the stack failed: each on its own
+            eigenvalues = [_eigenvalues(a[k], b[k]) for k in usable]
+        for k, eig in zip(usable, eigenvalues, strict=True):
+            if eig is None:
+                continue
+            real = eig[np.abs(eig.imag) <= 1e-9 * np.maximum(1.0, np.abs(eig.real))].real
+            real = np.abs(real) if odd else real[real > 0]
+            if real.size and real.max() > 0:
+                y[k] = math.log(real.max()) / math.log(scale)
+    return y.reshape(shape)
+
+
+def _eigenvalues(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """Eigenvalues of A^-1 B, or None where LAPACK fails."""
     try:
-        if np.linalg.cond(a) > 1e12:
-            raise np.linalg.LinAlgError
-        t = np.linalg.solve(a, b)
+        return np.linalg.eigvals(np.linalg.solve(a, b))
     except np.linalg.LinAlgError:
-        return float("nan")
-    eig = np.linalg.eigvals(t)
-    real = eig[np.abs(eig.imag) <= 1e-9 * np.maximum(1.0, np.abs(eig.real))].real
-    real = np.abs(real) if odd else real[real > 0]
-    if real.size == 0 or real.max() <= 0:
-        return float("nan")
-    return math.log(real.max()) / math.log(scale)
+        return None
 
 
 @dataclass
