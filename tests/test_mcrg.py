@@ -39,6 +39,7 @@ from rbmrg.rg.mcrg import (
     chain_major_batches,
     format_value,
     leading_exponent,
+    leading_exponents,
     run_mcrg,
 )
 from rbmrg.rg.rbm import ConvRBM
@@ -601,6 +602,35 @@ def test_empty_jackknife_blocks_are_reported():
         acc.update(levels, blocks % 10)
     with pytest.warns(UserWarning, match="received no samples"):
         acc.exponents("even", 2.0)
+
+
+def test_leading_exponents_of_a_stack_equal_each_matrix_alone(monkeypatch):
+    """The stacked solve gives, matrix by matrix, exactly what each gives alone, also when the
+    stack mixes singular, non-finite, complex-eigenvalue and ordinary matrices, and when LAPACK
+    fails on the stack and every matrix is redone on its own."""
+    rng = np.random.default_rng(9)
+    a = rng.normal(size=(12, 3, 3)) + 3 * np.eye(3)
+    b = rng.normal(size=(12, 3, 3))
+    a[2] = np.ones((3, 3))  # singular
+    b[3, 0, 0] = np.nan
+    b[4] = [[0, -1, 0], [1, 0, 0], [0, 0, 0.5]]  # complex pair and one real eigenvalue
+    for odd in (False, True):
+        alone = [leading_exponent(a[k], b[k], 2.0, odd=odd) for k in range(12)]
+        np.testing.assert_array_equal(leading_exponents(a, b, 2.0, odd=odd), alone)
+        assert np.isnan(alone[2]) and np.isnan(alone[3]) and np.isfinite(alone).sum() >= 6
+    calls = []
+
+    def failing_on_stacks(matrix):
+        calls.append(matrix.ndim)
+        if matrix.ndim == 3:
+            raise np.linalg.LinAlgError("no convergence")
+        return eigvals(matrix)
+
+    eigvals = np.linalg.eigvals
+    expected = leading_exponents(a, b, 2.0)
+    monkeypatch.setattr(np.linalg, "eigvals", failing_on_stacks)
+    np.testing.assert_array_equal(leading_exponents(a, b, 2.0), expected)
+    assert calls[0] == 3 and set(calls[1:]) == {2}
 
 
 def test_leading_exponent_rejects_singular_and_nonfinite_input():
