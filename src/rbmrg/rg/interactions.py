@@ -275,7 +275,8 @@ def measure(
     ``spins`` is (batch, L, ..., L) with values +1/-1, any dtype, one lattice axis per offset entry.
     Interactions that do not fit the lattice (see :meth:`Interaction.fits`) give NaN; callers decide
     how to report that. On the CPU the compiled kernel of :mod:`rbmrg.rg.kernels` measures them
-    (the same integers, ~10x faster); on other devices, or for values other than +-1, torch does.
+    (the same integers; throughput in docs/performance.md); on other devices, or for values other
+    than +-1, torch does.
     """
     batch, L = spins.shape[0], spins.shape[-1]
     lattice_axes = tuple(range(1, spins.ndim))

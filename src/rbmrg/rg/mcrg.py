@@ -163,24 +163,30 @@ class MCRGAccumulator:
         return mean.cpu().numpy(), cov.cpu().numpy()
 
     def _estimates(
-        self, covs: np.ndarray, positions: list[int], odd: bool, scale: float, valid: np.ndarray
-    ) -> np.ndarray:
-        """y for every (N_r, N_c) of the interactions at ``positions`` (columns within a level,
-        N_c = n taking the first n), from each covariance matrix of ``covs`` (:meth:`covariances`:
-        all data, then each block left out): shape (len(covs), N_r, len(positions)). Entries whose
-        interactions are not all ``valid`` are NaN; each (N_r, N_c) is solved for all the matrices
-        in one stacked call (:func:`leading_exponents`)."""
+        self, covs: np.ndarray, positions: list[int], scale: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(y, fits) for every (N_r, N_c) of the interactions at ``positions`` (their columns within
+        a level, N_c = n taking the first n), from each covariance matrix of ``covs``
+        (:meth:`covariances`: all data, then each block left out). ``y`` has shape
+        (len(covs), N_r, len(positions)); ``fits`` (N_r, len(positions)) says where every
+        interaction fits both levels, and elsewhere y is NaN. Each (N_r, N_c) is solved for all the
+        matrices in one stacked call (:func:`leading_exponents`); the set is Z2-odd when every term
+        of its interactions is."""
+        odd = all(len(term) % 2 for p in positions for term in self.interactions[p].terms)
+        valid = self.valid.cpu().numpy()
         y = np.full((covs.shape[0], self.n_levels - 1, len(positions)), np.nan)
+        fits = np.zeros((self.n_levels - 1, len(positions)), dtype=bool)
         for level in range(self.n_levels - 1):
             for n_c in range(1, len(positions) + 1):
                 lower = [level * self.width + p for p in positions[:n_c]]
                 upper = [(level + 1) * self.width + p for p in positions[:n_c]]
-                if valid[lower + upper].all():
+                fits[level, n_c - 1] = valid[lower + upper].all()
+                if fits[level, n_c - 1]:
                     rows = covs[:, upper]
                     y[:, level, n_c - 1] = leading_exponents(
                         rows[:, :, upper], rows[:, :, lower], scale, odd=odd
                     )
-        return y
+        return y, fits
 
     def exponents(self, set_name: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
         """(y, jackknife error), each of shape (N_r, N_c), for the interaction set ``set_name``.
@@ -197,13 +203,10 @@ class MCRGAccumulator:
                 f"{self.n_blocks - len(empty)} of {self.n_blocks} blocks and are not trustworthy",
                 stacklevel=2,
             )
-        n_set = len(self.sets[set_name])
-        mask = np.ones((self.n_levels - 1, n_set), dtype=bool)
-        valid = self.valid.cpu().numpy()
-        for level in range(self.n_levels - 1):
-            for n_c in range(1, n_set + 1):
-                index = self._index(level, set_name, n_c) + self._index(level + 1, set_name, n_c)
-                mask[level, n_c - 1] = valid[index].all()
+        start = self._index(0, set_name, 1)[0]
+        positions = list(range(start, start + len(self.sets[set_name])))
+        estimates, mask = self._estimates(self.covariances(), positions, scale)
+        full, jack = estimates[0], estimates[1:]
         bad = _entries(~mask)
         if bad:
             warnings.warn(
@@ -212,17 +215,8 @@ class MCRGAccumulator:
                 UnfitInteractionsWarning,
                 stacklevel=2,
             )
-        odd = all(
-            len(term) % 2 for interaction in self.sets[set_name] for term in interaction.terms
-        )
-        start = self._index(0, set_name, 1)[0]
-        positions = list(range(start, start + n_set))
-        estimates = self._estimates(self.covariances(), positions, odd, scale, valid)
-        full, jack = estimates[0], estimates[1:]
         n = self.n_blocks
-        err = np.sqrt((n - 1) / n * ((jack - jack.mean(0)) ** 2).sum(0))
-        full[~mask] = np.nan
-        err[~mask] = np.nan
+        err = np.sqrt((n - 1) / n * ((jack - jack.mean(0)) ** 2).sum(0))  # NaN where unfit
         singular = np.isnan(full) & mask
         if singular.any():
             warnings.warn(
@@ -279,11 +273,8 @@ class MCRGAccumulator:
         # Column of each named interaction within a level (level n adds n * width).
         start = self._index(0, set_name, 1)[0]
         positions = [start + names.index(name) for name in order]
-        chosen = [self.sets[set_name][names.index(name)] for name in order]
-        odd = all(len(term) % 2 for interaction in chosen for term in interaction.terms)
-        valid = self.valid.cpu().numpy()
         covs = self.covariances() if covariances is None else covariances
-        estimates = self._estimates(covs, positions, odd, scale, valid)
+        estimates, _ = self._estimates(covs, positions, scale)
         full, jack = estimates[0], estimates[1:]
         n = self.n_blocks
         err = np.sqrt((n - 1) / n * ((jack - jack.mean(0)) ** 2).sum(0))

@@ -73,16 +73,18 @@ def rbm(model: ConvRBM) -> Transform:
     """The learned weight factor: mu drawn from P(mu | sigma) of Eq. (3), a random draw per block.
 
     A float32 2D filter on the CPU draws through the compiled kernel
-    (:func:`rbmrg.rg.kernels.sample_hidden_2d`, the same uniforms, ~5x faster than the convolution).
+    (:func:`rbmrg.rg.kernels.sample_hidden_2d`, the same uniforms; docs/performance.md). Only here,
+    in MCRG: training's torch backend keeps :meth:`ConvRBM.sample_hidden`, so that its filters stay
+    bit for bit those of docs/results.md.
     """
 
     @torch.no_grad()
     def transform(spins: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         model.check_lattice(spins.shape[-1])
         weight = model.weight
-        if spins.ndim == 3 and weight.dtype == torch.float32 and weight.device.type == "cpu":
-            if spins.device.type == "cpu":
-                return sample_hidden_2d(spins, weight, model.stride, generator)
+        on_cpu = spins.device.type == weight.device.type == "cpu"
+        if on_cpu and spins.ndim == 3 and weight.dtype == torch.float32:
+            return sample_hidden_2d(spins, weight, model.stride, generator)
         return model.sample_hidden(spins, generator).to(torch.float32)
 
     return transform
