@@ -201,8 +201,9 @@ def sample_hidden_2d(
     It draws the same uniforms from ``generator`` (``torch.rand`` of the block-spin shape, float32)
     and compares them with sigmoid(2 h) as the torch path does; h is summed filter entry by filter
     entry in float32 (the layout of :mod:`rbmrg.training.cd_chain`), in another order than
-    torch's convolution, so a draw whose uniform lies within a rounding of its probability (about
-    one in 10^7) may come out the other way.
+    torch's convolution, so a draw whose uniform lies within a rounding of its probability may
+    come out the other way (rare; ``tests/test_mcrg.py`` bounds such draws to 1e-6 of their
+    probability).
     """
     batch, L = spins.shape[0], spins.shape[-1]
     M = L // stride
